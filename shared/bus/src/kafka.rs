@@ -1,0 +1,291 @@
+//! Kafka through rdkafka (bundled librdkafka).
+//!
+//! Producer: idempotent, acks=all, zstd by default, retrying each record for
+//! `kafka.message_timeout_ms` so a broker restart delays records but loses none.
+//! Consumer: offsets are stored only when a record is acknowledged and committed
+//! from those stored offsets (periodically and when leaving the group), so a
+//! record whose handler never finished is delivered again.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chexvision_config::KafkaSettings;
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    config::ClientConfig,
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    error::{KafkaError, RDKafkaErrorCode},
+    message::{Header, Headers as _, Message, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord, Producer},
+    util::Timeout,
+};
+
+use crate::{Bus, BusError, Delivery, OutboundRecord, Subscription, TopicSpec};
+
+/// How long `create_topics` waits for new topics to appear in metadata.
+const TOPIC_VISIBLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct KafkaBus {
+    brokers: String,
+    settings: KafkaSettings,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+}
+
+impl std::fmt::Debug for KafkaBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBus").field("brokers", &self.brokers).finish()
+    }
+}
+
+impl KafkaBus {
+    /// Connects to `brokers` (`host:port[,host:port]`). Connections are made
+    /// lazily; a broker that is down delays work instead of failing here.
+    pub fn connect(brokers: &str, settings: &KafkaSettings) -> Result<Self, BusError> {
+        let invalid = |e: KafkaError| BusError::InvalidUri {
+            uri: format!("kafka://{brokers}"),
+            reason: e.to_string(),
+        };
+        let producer: FutureProducer = base_config(brokers, settings)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", &settings.compression)
+            .set("message.timeout.ms", settings.message_timeout_ms.to_string())
+            .set("linger.ms", "5")
+            .create()
+            .map_err(invalid)?;
+        let admin: AdminClient<DefaultClientContext> =
+            base_config(brokers, settings).create().map_err(invalid)?;
+        Ok(KafkaBus {
+            brokers: brokers.to_owned(),
+            settings: settings.clone(),
+            producer,
+            admin,
+        })
+    }
+
+    /// Waits until every topic is in the cluster metadata with its partitions.
+    async fn wait_visible(&self, topics: &[TopicSpec]) -> Result<(), BusError> {
+        let deadline = Instant::now() + TOPIC_VISIBLE_TIMEOUT;
+        for spec in topics {
+            loop {
+                let producer = self.producer.clone();
+                let name = spec.name.clone();
+                let partitions = tokio::task::spawn_blocking(move || {
+                    producer
+                        .client()
+                        .fetch_metadata(Some(&name), Timeout::After(Duration::from_secs(5)))
+                        .ok()
+                        .and_then(|m| {
+                            m.topics()
+                                .iter()
+                                .find(|t| t.name() == name && t.error().is_none())
+                                .map(|t| t.partitions().len())
+                        })
+                })
+                .await
+                .ok()
+                .flatten();
+                if partitions.is_some_and(|n| n > 0) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(BusError::CreateTopic {
+                        topic: spec.name.clone(),
+                        detail: format!(
+                            "not visible in the metadata of {} after {TOPIC_VISIBLE_TIMEOUT:?}",
+                            self.brokers
+                        ),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn base_config(brokers: &str, settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("client.id", &settings.client_id)
+        // Keep reconnect attempts frequent so a restarted broker is found quickly.
+        .set("reconnect.backoff.max.ms", "2000");
+    for (key, value) in &settings.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+#[async_trait]
+impl Bus for KafkaBus {
+    async fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), BusError> {
+        let new_topics: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|spec| {
+                NewTopic::new(
+                    &spec.name,
+                    spec.partitions,
+                    TopicReplication::Fixed(self.settings.replication_factor),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = self
+            .admin
+            .create_topics(&new_topics, &options)
+            .await
+            .map_err(|e| BusError::CreateTopic {
+                topic: topics
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                detail: e.to_string(),
+            })?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(BusError::CreateTopic {
+                        topic,
+                        detail: code.to_string(),
+                    })
+                }
+            }
+        }
+        self.wait_visible(topics).await
+    }
+
+    async fn publish(&self, record: OutboundRecord) -> Result<(), BusError> {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (name, value) in &record.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        let mut future_record = FutureRecord::to(&record.topic)
+            .payload(&record.payload)
+            .headers(headers);
+        if !record.key.is_empty() {
+            future_record = future_record.key(&record.key);
+        }
+        self.producer
+            .send(future_record, Timeout::Never)
+            .await
+            .map(|_| ())
+            .map_err(|(err, _)| match err {
+                KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition)
+                | KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopic) => BusError::UnknownTopic {
+                    topic: record.topic.clone(),
+                },
+                other => BusError::Publish {
+                    topic: record.topic.clone(),
+                    detail: other.to_string(),
+                },
+            })
+    }
+
+    async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError> {
+        let consume_error = |e: KafkaError| BusError::Consume {
+            group: group.to_owned(),
+            detail: e.to_string(),
+        };
+        let consumer: StreamConsumer = base_config(&self.brokers, &self.settings)
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            // Offsets are stored only on ack; auto-commit then commits those.
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "1000")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", self.settings.session_timeout_ms.to_string())
+            .set("enable.partition.eof", "false")
+            .create()
+            .map_err(consume_error)?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names).map_err(consume_error)?;
+        Ok(Box::new(KafkaSubscription {
+            consumer,
+            group: group.to_owned(),
+        }))
+    }
+}
+
+impl Drop for KafkaBus {
+    fn drop(&mut self) {
+        // Deliver what is queued before the producer goes away.
+        let _ = self.producer.flush(Timeout::After(Duration::from_secs(10)));
+    }
+}
+
+struct KafkaSubscription {
+    consumer: StreamConsumer,
+    group: String,
+}
+
+#[async_trait]
+impl Subscription for KafkaSubscription {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        let message = self.consumer.recv().await.map_err(|e| BusError::Consume {
+            group: self.group.clone(),
+            detail: e.to_string(),
+        })?;
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Delivery {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
+            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            headers,
+        })
+    }
+
+    async fn ack(&mut self, delivery: &Delivery) -> Result<(), BusError> {
+        match self
+            .consumer
+            // The committed offset is the next record to read.
+            .store_offset(&delivery.topic, delivery.partition, delivery.offset + 1)
+        {
+            Ok(()) => Ok(()),
+            // The partition moved to another member in a rebalance: that member
+            // sees the record again (at-least-once), nothing to do here.
+            Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => {
+                tracing::debug!(%delivery, "ack after losing the partition; it will be redelivered");
+                Ok(())
+            }
+            Err(e) => Err(BusError::Consume {
+                group: self.group.clone(),
+                detail: format!("storing offset of {delivery}: {e}"),
+            }),
+        }
+    }
+
+    async fn close(self: Box<Self>) -> Result<(), BusError> {
+        let consumer = self.consumer;
+        let group = self.group;
+        tokio::task::spawn_blocking(move || {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+                Err(e) => Err(BusError::Consume {
+                    group,
+                    detail: format!("final commit: {e}"),
+                }),
+            }
+            // Dropping the consumer leaves the group.
+        })
+        .await
+        .map_err(|_| BusError::Closed)?
+    }
+}

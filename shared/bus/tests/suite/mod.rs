@@ -1,0 +1,363 @@
+//! One behaviour suite for every `Bus` implementation.
+
+#![allow(dead_code)] // each test binary uses the part of the suite it needs
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use chexvision_bus::{
+    header, publish_event, Bus, Consumer, ConsumerOptions, Delivery, Handler, HandlerError,
+    OutboundRecord, TopicSpec,
+};
+use chexvision_events::{Body, Envelope, TrainingRequested};
+use tokio_util::sync::CancellationToken;
+
+/// Names no other run uses (the broker keeps topics between runs).
+pub fn unique(name: &str) -> String {
+    format!("test.{name}.{:012x}", rand::random::<u64>() >> 16)
+}
+
+pub fn request(id: &str) -> Envelope {
+    Envelope::new(
+        TrainingRequested {
+            request_id: id.to_owned(),
+            dataset_id: "synthetic".into(),
+            ..Default::default()
+        },
+        "bus-suite",
+    )
+}
+
+/// The request id inside a delivered event.
+pub fn request_id(delivery: &Delivery) -> Result<String, HandlerError> {
+    let event = Envelope::decode_checked(&delivery.payload)
+        .map_err(|e| HandlerError::Malformed(e.to_string()))?;
+    match event.body {
+        Some(Body::TrainingRequested(r)) => Ok(r.request_id),
+        other => Err(HandlerError::Malformed(format!("unexpected body {other:?}"))),
+    }
+}
+
+pub async fn publish_requests(bus: &dyn Bus, topic: &str, ids: impl IntoIterator<Item = String>) {
+    // Many in flight at once, as a producer service would.
+    let ids: Vec<String> = ids.into_iter().collect();
+    for chunk in ids.chunks(500) {
+        let sends = chunk
+            .iter()
+            .map(|id| async move { publish_event(bus, topic, id, &request(id)).await });
+        for result in futures::future::join_all(sends).await {
+            result.expect("publish");
+        }
+    }
+}
+
+/// Records request ids as they are handled; fails on ids it is told to.
+#[derive(Default)]
+pub struct Recorder {
+    pub seen: Mutex<Vec<String>>,
+    /// Ids that fail every attempt.
+    pub always_fail: BTreeSet<String>,
+    pub attempts: Mutex<HashMap<String, u32>>,
+}
+
+#[async_trait]
+impl Handler for Recorder {
+    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
+        let id = request_id(delivery)?;
+        *self.attempts.lock().unwrap().entry(id.clone()).or_default() += 1;
+        if self.always_fail.contains(&id) {
+            return Err(HandlerError::Failed(format!("store unreachable while handling {id}")));
+        }
+        self.seen.lock().unwrap().push(id);
+        Ok(())
+    }
+}
+
+impl Recorder {
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+pub async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn options(group: &str, topic: &str, dlq: &str) -> ConsumerOptions {
+    ConsumerOptions {
+        group: group.to_owned(),
+        topics: vec![topic.to_owned()],
+        dead_letter_topic: dlq.to_owned(),
+        max_attempts: 3,
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+    }
+}
+
+/// Runs a consumer in the background; returns its shutdown token and task.
+pub fn spawn_consumer(
+    bus: Arc<dyn Bus>,
+    options: ConsumerOptions,
+    handler: Arc<Recorder>,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move {
+        Consumer::new(bus, options)
+            .run(handler.as_ref(), token)
+            .await
+            .expect("consumer run");
+    });
+    (shutdown, task)
+}
+
+/// Every record arrives exactly once when each is acknowledged, and a new
+/// member of the group afterwards gets nothing (the offsets were committed).
+pub async fn acknowledged_events_arrive_exactly_once(bus: Arc<dyn Bus>, count: usize, timeout: Duration) {
+    let topic = unique("exactly-once");
+    let dlq = unique("dlq");
+    bus.create_topics(&[TopicSpec::new(&topic, 4), TopicSpec::new(&dlq, 1)])
+        .await
+        .unwrap();
+    let ids: Vec<String> = (0..count).map(|i| format!("req-{i:05}")).collect();
+    publish_requests(bus.as_ref(), &topic, ids.clone()).await;
+
+    let group = unique("group");
+    let recorder = Arc::new(Recorder::default());
+    let (shutdown, task) = spawn_consumer(bus.clone(), options(&group, &topic, &dlq), recorder.clone());
+    wait_until("every event", timeout, || recorder.count() >= count).await;
+    // Give duplicates, if any, a moment to show up before stopping.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    shutdown.cancel();
+    task.await.unwrap();
+
+    let seen = recorder.seen.lock().unwrap().clone();
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for id in &seen {
+        *counts.entry(id).or_default() += 1;
+    }
+    let duplicated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(duplicated.is_empty(), "delivered more than once: {:?}", &duplicated[..duplicated.len().min(10)]);
+    assert_eq!(counts.len(), count, "distinct events received");
+
+    let mut again = bus.subscribe(&group, &[topic.clone()]).await.unwrap();
+    let leftovers = chexvision_bus::drain(again.as_mut(), 10, Duration::from_secs(5)).await;
+    assert!(leftovers.is_empty(), "committed events delivered again: {leftovers:?}");
+    again.close().await.unwrap();
+}
+
+/// A record whose handler crashed before acknowledging is delivered again to
+/// the next member of the group; the acknowledged one before it is not.
+pub async fn unacknowledged_event_is_delivered_again(bus: Arc<dyn Bus>) {
+    let topic = unique("redeliver");
+    bus.create_topics(&[TopicSpec::new(&topic, 2)]).await.unwrap();
+    let group = unique("group");
+    for id in ["first", "second", "third"] {
+        // One key: one partition, in order.
+        publish_event(bus.as_ref(), &topic, "same-key", &request(id)).await.unwrap();
+    }
+
+    let mut worker = bus.subscribe(&group, &[topic.clone()]).await.unwrap();
+    let first = worker.next().await.unwrap();
+    assert_eq!(request_id(&first).unwrap(), "first");
+    worker.ack(&first).await.unwrap();
+    let second = worker.next().await.unwrap();
+    assert_eq!(request_id(&second).unwrap(), "second");
+    // The handler "crashes": the worker goes away without acknowledging.
+    drop(worker);
+
+    let mut successor = bus.subscribe(&group, &[topic.clone()]).await.unwrap();
+    let redelivered = chexvision_bus::drain(successor.as_mut(), 2, Duration::from_secs(30)).await;
+    let ids: Vec<String> = redelivered.iter().map(|d| request_id(d).unwrap()).collect();
+    assert_eq!(ids, ["second", "third"], "after a crash");
+    assert_eq!(redelivered[0].offset, second.offset);
+    for delivery in &redelivered {
+        successor.ack(delivery).await.unwrap();
+    }
+    successor.close().await.unwrap();
+}
+
+/// A malformed record and one whose handler keeps failing land in the
+/// dead-letter topic with their errors; the records behind them are handled.
+pub async fn poison_event_goes_to_dead_letter_topic(bus: Arc<dyn Bus>) {
+    let topic = unique("poison");
+    let dlq = unique("dlq");
+    bus.create_topics(&[TopicSpec::new(&topic, 1), TopicSpec::new(&dlq, 1)])
+        .await
+        .unwrap();
+    publish_event(bus.as_ref(), &topic, "k", &request("good-1")).await.unwrap();
+    let garbage = b"\x08\x96\x01 this is not an envelope".to_vec();
+    bus.publish(OutboundRecord {
+        topic: topic.clone(),
+        key: b"k".to_vec(),
+        payload: garbage.clone(),
+        headers: vec![],
+    })
+    .await
+    .unwrap();
+    publish_event(bus.as_ref(), &topic, "k", &request("keeps-failing")).await.unwrap();
+    publish_event(bus.as_ref(), &topic, "k", &request("good-2")).await.unwrap();
+
+    let recorder = Arc::new(Recorder {
+        always_fail: ["keeps-failing".to_string()].into(),
+        ..Default::default()
+    });
+    let group = unique("group");
+    let (shutdown, task) = spawn_consumer(bus.clone(), options(&group, &topic, &dlq), recorder.clone());
+    wait_until("good events behind the poison", Duration::from_secs(60), || {
+        recorder.count() >= 2
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap();
+    assert_eq!(*recorder.seen.lock().unwrap(), ["good-1", "good-2"]);
+    assert_eq!(recorder.attempts.lock().unwrap()["keeps-failing"], 3, "bounded retries");
+
+    let mut reader = bus.subscribe(&unique("dlq-reader"), &[dlq.clone()]).await.unwrap();
+    let letters = chexvision_bus::drain(reader.as_mut(), 2, Duration::from_secs(30)).await;
+    assert_eq!(letters.len(), 2, "dead letters: {letters:?}");
+
+    let malformed = &letters[0];
+    let error = malformed.header_str(header::DLQ_ERROR).expect("error header");
+    assert!(error.contains("malformed"), "{error}");
+    assert_eq!(malformed.header(header::DLQ_ORIGINAL_PAYLOAD), Some(&garbage[..]));
+    assert_eq!(malformed.header_str(header::DLQ_SOURCE_TOPIC), Some(topic.as_str()));
+    assert_eq!(malformed.header_str(header::DLQ_ATTEMPTS), Some("1"));
+    let event = Envelope::decode_checked(&malformed.payload).expect("a dead letter is an event");
+    let Some(Body::DeadLetter(letter)) = event.body else {
+        panic!("not a DeadLetter: {event:?}")
+    };
+    assert_eq!(letter.original_payload, garbage);
+    assert_eq!(letter.source_topic, topic);
+    assert_eq!(letter.source_offset, 1);
+    assert_eq!(letter.consumer_group, group);
+
+    let failing = &letters[1];
+    assert_eq!(failing.header_str(header::DLQ_ATTEMPTS), Some("3"));
+    assert!(failing
+        .header_str(header::DLQ_ERROR)
+        .unwrap()
+        .contains("store unreachable while handling keeps-failing"));
+    let event = Envelope::decode_checked(&failing.payload).unwrap();
+    let original = request("x");
+    assert_ne!(event.correlation_id(), original.correlation_id());
+    let Some(Body::DeadLetter(letter)) = event.body else { panic!() };
+    let original = Envelope::decode_checked(&letter.original_payload).unwrap();
+    // The dead letter carries the correlation id of the event it failed on.
+    assert_eq!(event.meta.unwrap().correlation_id, original.correlation_id());
+    reader.close().await.unwrap();
+}
+
+/// Two members of one group split the partitions: each record goes to one
+/// of them, each partition to one of them.
+pub async fn two_consumers_share_partitions(bus: Arc<dyn Bus>, settle: Duration) {
+    let topic = unique("shared");
+    bus.create_topics(&[TopicSpec::new(&topic, 4)]).await.unwrap();
+    let group = unique("group");
+    let a = bus.subscribe(&group, &[topic.clone()]).await.unwrap();
+    let b = bus.subscribe(&group, &[topic.clone()]).await.unwrap();
+
+    let received: Arc<Mutex<Vec<(usize, Delivery)>>> = Arc::default();
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for (member, mut subscription) in [(0usize, a), (1, b)] {
+        let received = received.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    next = subscription.next() => {
+                        let delivery = next.unwrap();
+                        subscription.ack(&delivery).await.unwrap();
+                        received.lock().unwrap().push((member, delivery));
+                    }
+                }
+            }
+            subscription.close().await.unwrap();
+        }));
+    }
+    // Let the group settle on its assignment before publishing.
+    tokio::time::sleep(settle).await;
+    let count = 400;
+    publish_requests(bus.as_ref(), &topic, (0..count).map(|i| format!("share-{i}"))).await;
+    wait_until("all shared events", Duration::from_secs(60), || {
+        received.lock().unwrap().len() >= count
+    })
+    .await;
+    stop.cancel();
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let received = received.lock().unwrap();
+    let ids: BTreeSet<String> = received.iter().map(|(_, d)| request_id(d).unwrap()).collect();
+    assert_eq!(ids.len(), count, "each event once");
+    assert_eq!(received.len(), count, "no duplicates");
+    let partitions = |member: usize| -> BTreeSet<i32> {
+        received
+            .iter()
+            .filter(|(m, _)| *m == member)
+            .map(|(_, d)| d.partition)
+            .collect()
+    };
+    let (pa, pb) = (partitions(0), partitions(1));
+    assert!(!pa.is_empty() && !pb.is_empty(), "both members got work: {pa:?} {pb:?}");
+    assert!(pa.is_disjoint(&pb), "a partition went to both members: {pa:?} {pb:?}");
+    assert_eq!(pa.len() + pb.len(), 4);
+}
+
+/// The broker restarts in the middle of a stream: every event published is
+/// still consumed (duplicates are allowed, losses are not).
+pub async fn broker_restart_loses_nothing(bus: Arc<dyn Bus>, restart: impl FnOnce() + Send + 'static) {
+    let topic = unique("restart");
+    let dlq = unique("dlq");
+    bus.create_topics(&[TopicSpec::new(&topic, 2), TopicSpec::new(&dlq, 1)])
+        .await
+        .unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let group = unique("group");
+    let (shutdown, task) = spawn_consumer(bus.clone(), options(&group, &topic, &dlq), recorder.clone());
+
+    let total = 1000;
+    let ids: Vec<String> = (0..total).map(|i| format!("restart-{i:04}")).collect();
+    publish_requests(bus.as_ref(), &topic, ids[..300].to_vec()).await;
+    wait_until("first events consumed", Duration::from_secs(60), || recorder.count() >= 100).await;
+
+    // Restart while the rest is being published and consumed.
+    let restarter = tokio::task::spawn_blocking(restart);
+    publish_requests(bus.as_ref(), &topic, ids[300..].to_vec()).await;
+    restarter.await.unwrap();
+
+    wait_until("every event after the restart", Duration::from_secs(180), || {
+        let seen: BTreeSet<String> = recorder.seen.lock().unwrap().iter().cloned().collect();
+        seen.len() >= total
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap();
+    let seen: BTreeSet<String> = recorder.seen.lock().unwrap().iter().cloned().collect();
+    let expected: BTreeSet<String> = ids.into_iter().collect();
+    assert_eq!(seen, expected);
+}
+
+/// Publishing to a topic nobody created is an error naming the topic.
+pub async fn unknown_topic_is_an_error(bus: Arc<dyn Bus>) {
+    let topic = unique("never-created");
+    let err = tokio::time::timeout(
+        Duration::from_secs(120),
+        publish_event(bus.as_ref(), &topic, "k", &request("x")),
+    )
+    .await
+    .expect("publish to an unknown topic must fail, not hang")
+    .unwrap_err();
+    assert!(err.to_string().contains(&topic), "{err}");
+}
