@@ -23,7 +23,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub const PRODUCER: &str = "chexvision-cli";
 
 #[derive(Debug, Parser)]
-#[command(name = "chexvision", version, about = "CheXVision: chest X-ray pathology detection")]
+#[command(
+    name = "chexvision",
+    version,
+    about = "CheXVision: chest X-ray pathology detection"
+)]
 pub struct Cli {
     /// YAML config file (shared keys: store, bus, s3, kafka, topics, log, http).
     #[arg(long, global = true, env = "CHEXVISION_CONFIG")]
@@ -134,7 +138,16 @@ pub async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
             let text = read_input(input.as_ref())?;
             let events = parse_events(&text)?;
             let bus = connect(&config)?;
-            send(bus.as_ref(), &config, &events, topic.as_deref(), key.as_deref(), !no_create, out).await
+            send(
+                bus.as_ref(),
+                &config,
+                &events,
+                topic.as_deref(),
+                key.as_deref(),
+                !no_create,
+                out,
+            )
+            .await
         }
         Command::Events(EventsCommand::Decode {
             topic,
@@ -144,9 +157,11 @@ pub async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
             idle_secs,
         }) => {
             if let Some(file) = file {
-                let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-                let event = Envelope::decode_checked(&bytes)
-                    .with_context(|| format!("{} does not hold a CheXVision event", file.display()))?;
+                let bytes =
+                    std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                let event = Envelope::decode_checked(&bytes).with_context(|| {
+                    format!("{} does not hold a CheXVision event", file.display())
+                })?;
                 writeln!(out, "{}", event.to_json())?;
                 return Ok(());
             }
@@ -176,7 +191,11 @@ pub async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
                 .collect();
             bus.create_topics(&specs).await?;
             for spec in specs {
-                writeln!(out, "topic {} ready ({} partitions)", spec.name, spec.partitions)?;
+                writeln!(
+                    out,
+                    "topic {} ready ({} partitions)",
+                    spec.name, spec.partitions
+                )?;
             }
             Ok(())
         }
@@ -218,7 +237,10 @@ pub fn parse_events(text: &str) -> Result<Vec<Envelope>> {
         events.push(event);
     }
     if events.is_empty() {
-        bail!("no events in the input: expected JSON such as {}", example(ExampleKind::TrainingRequested));
+        bail!(
+            "no events in the input: expected JSON such as {}",
+            example(ExampleKind::TrainingRequested)
+        );
     }
     Ok(events)
 }
@@ -276,7 +298,10 @@ async fn send(
         bus.create_topics(&specs).await?;
     }
     for (record, event) in records {
-        let (topic, key) = (record.topic.clone(), String::from_utf8_lossy(&record.key).into_owned());
+        let (topic, key) = (
+            record.topic.clone(),
+            String::from_utf8_lossy(&record.key).into_owned(),
+        );
         bus.publish(record).await?;
         writeln!(
             out,
@@ -331,8 +356,12 @@ async fn decode(
     out: &mut (dyn Write + Send),
 ) -> Result<()> {
     let commit = group.is_some();
-    let group = group.map_or_else(|| format!("chexvision-cli-decode-{}", uuid::Uuid::new_v4()), str::to_owned);
-    let mut subscription: Box<dyn Subscription> = bus.subscribe(&group, &[topic.to_owned()]).await?;
+    let group = group.map_or_else(
+        || format!("chexvision-cli-decode-{}", uuid::Uuid::new_v4()),
+        str::to_owned,
+    );
+    let mut subscription: Box<dyn Subscription> =
+        bus.subscribe(&group, &[topic.to_owned()]).await?;
     let mut count = 0;
     while count < max {
         let delivery = match tokio::time::timeout(idle, subscription.next()).await {
@@ -383,7 +412,10 @@ mod tests {
     fn examples_are_valid_events_routed_to_their_topics() {
         let topics = Topics::default();
         for (kind, topic) in [
-            (ExampleKind::TrainingRequested, "chexvision.training.requests"),
+            (
+                ExampleKind::TrainingRequested,
+                "chexvision.training.requests",
+            ),
             (ExampleKind::IngestRequested, "chexvision.ingest.requests"),
         ] {
             let events = parse_events(&example(kind)).unwrap();
@@ -407,11 +439,17 @@ mod tests {
             example(ExampleKind::TrainingRequested)
         );
         let err = format!("{:#}", parse_events(&bad).unwrap_err());
-        assert!(err.contains("event 2") && err.contains("RESNET9000"), "{err}");
+        assert!(
+            err.contains("event 2") && err.contains("RESNET9000"),
+            "{err}"
+        );
 
         let err = format!("{:#}", parse_events("   \n").unwrap_err());
         assert!(err.contains("no events"), "{err}");
-        let err = format!("{:#}", parse_events("{\"trainingRequested\": ").unwrap_err());
+        let err = format!(
+            "{:#}",
+            parse_events("{\"trainingRequested\": ").unwrap_err()
+        );
         assert!(err.contains("event 1: not valid JSON"), "{err}");
     }
 
@@ -443,16 +481,31 @@ mod tests {
         let bus = chexvision_bus::MemoryBus::new();
         let events = parse_events(&example(ExampleKind::TrainingRequested)).unwrap();
         let mut sent = Vec::new();
-        send(&bus, &config, &events, None, None, true, &mut sent).await.unwrap();
-        let sent = String::from_utf8(sent).unwrap();
-        assert!(sent.contains("trainingRequested") && sent.contains("chexvision.training.requests"), "{sent}");
-
-        let mut decoded = Vec::new();
-        decode(&bus, "chexvision.training.requests", None, 10, Duration::from_millis(200), &mut decoded)
+        send(&bus, &config, &events, None, None, true, &mut sent)
             .await
             .unwrap();
+        let sent = String::from_utf8(sent).unwrap();
+        assert!(
+            sent.contains("trainingRequested") && sent.contains("chexvision.training.requests"),
+            "{sent}"
+        );
+
+        let mut decoded = Vec::new();
+        decode(
+            &bus,
+            "chexvision.training.requests",
+            None,
+            10,
+            Duration::from_millis(200),
+            &mut decoded,
+        )
+        .await
+        .unwrap();
         let line: serde_json::Value = serde_json::from_slice(&decoded).unwrap();
-        assert_eq!(line["event"]["trainingRequested"]["requestId"], "retrain-2026-11-30");
+        assert_eq!(
+            line["event"]["trainingRequested"]["requestId"],
+            "retrain-2026-11-30"
+        );
         assert_eq!(line["key"], "retrain-2026-11-30");
         assert_eq!(line["event"]["meta"]["eventId"], events[0].event_id());
     }

@@ -95,7 +95,11 @@ impl Consumer {
     /// Consumes until `shutdown` is cancelled. A record being handled when
     /// shutdown comes is finished first; acknowledged offsets are committed
     /// before returning.
-    pub async fn run(&self, handler: &dyn Handler, shutdown: CancellationToken) -> Result<(), BusError> {
+    pub async fn run(
+        &self,
+        handler: &dyn Handler,
+        shutdown: CancellationToken,
+    ) -> Result<(), BusError> {
         let mut subscription = self
             .bus
             .subscribe(&self.options.group, &self.options.topics)
@@ -135,7 +139,12 @@ impl Consumer {
         subscription.close().await
     }
 
-    async fn process(&self, handler: &dyn Handler, delivery: &Delivery, shutdown: &CancellationToken) -> Outcome {
+    async fn process(
+        &self,
+        handler: &dyn Handler,
+        delivery: &Delivery,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -151,7 +160,8 @@ impl Consumer {
                 }
                 Err(error) => error,
             };
-            let exhausted = matches!(error, HandlerError::Malformed(_)) || attempt >= self.options.max_attempts;
+            let exhausted =
+                matches!(error, HandlerError::Malformed(_)) || attempt >= self.options.max_attempts;
             if exhausted {
                 tracing::error!(%delivery, attempt, error = %error, "giving up on record: sending it to the dead-letter topic");
                 return match self.dead_letter(delivery, &error, attempt, shutdown).await {
@@ -234,7 +244,10 @@ pub(crate) fn dead_letter_record(
     record.key = delivery.key.clone();
     record.headers.extend([
         (header::DLQ_ERROR.to_owned(), error.to_string().into_bytes()),
-        (header::DLQ_SOURCE_TOPIC.to_owned(), delivery.topic.clone().into_bytes()),
+        (
+            header::DLQ_SOURCE_TOPIC.to_owned(),
+            delivery.topic.clone().into_bytes(),
+        ),
         (
             header::DLQ_SOURCE_PARTITION.to_owned(),
             delivery.partition.to_string().into_bytes(),
@@ -243,15 +256,28 @@ pub(crate) fn dead_letter_record(
             header::DLQ_SOURCE_OFFSET.to_owned(),
             delivery.offset.to_string().into_bytes(),
         ),
-        (header::DLQ_ATTEMPTS.to_owned(), attempts.to_string().into_bytes()),
-        (header::DLQ_GROUP.to_owned(), options.group.clone().into_bytes()),
-        (header::DLQ_ORIGINAL_PAYLOAD.to_owned(), delivery.payload.clone()),
+        (
+            header::DLQ_ATTEMPTS.to_owned(),
+            attempts.to_string().into_bytes(),
+        ),
+        (
+            header::DLQ_GROUP.to_owned(),
+            options.group.clone().into_bytes(),
+        ),
+        (
+            header::DLQ_ORIGINAL_PAYLOAD.to_owned(),
+            delivery.payload.clone(),
+        ),
     ]);
     record
 }
 
 /// Subscriptions also work without the consume loop (tools, tests).
-pub async fn drain(subscription: &mut dyn Subscription, max: usize, idle: Duration) -> Vec<Delivery> {
+pub async fn drain(
+    subscription: &mut dyn Subscription,
+    max: usize,
+    idle: Duration,
+) -> Vec<Delivery> {
     let mut out = Vec::new();
     while out.len() < max {
         match tokio::time::timeout(idle, subscription.next()).await {

@@ -35,7 +35,9 @@ pub struct KafkaBus {
 
 impl std::fmt::Debug for KafkaBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaBus").field("brokers", &self.brokers).finish()
+        f.debug_struct("KafkaBus")
+            .field("brokers", &self.brokers)
+            .finish()
     }
 }
 
@@ -51,7 +53,10 @@ impl KafkaBus {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", &settings.compression)
-            .set("message.timeout.ms", settings.message_timeout_ms.to_string())
+            .set(
+                "message.timeout.ms",
+                settings.message_timeout_ms.to_string(),
+            )
             .set("linger.ms", "5")
             .create()
             .map_err(invalid)?;
@@ -160,6 +165,87 @@ impl Bus for KafkaBus {
     }
 
     async fn publish(&self, record: OutboundRecord) -> Result<(), BusError> {
+        // librdkafka retries what it knows to be transient for up to
+        // message.timeout.ms; some brokers answer a restart with errors it
+        // treats as final (tansu: UNKNOWN), so retry those here, bounded.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let error = match self.send_once(&record).await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            let permanent = matches!(
+                error,
+                KafkaError::MessageProduction(
+                    RDKafkaErrorCode::UnknownTopicOrPartition
+                        | RDKafkaErrorCode::UnknownTopic
+                        | RDKafkaErrorCode::MessageSizeTooLarge
+                        | RDKafkaErrorCode::InvalidMessageSize
+                        | RDKafkaErrorCode::InvalidMessage
+                        | RDKafkaErrorCode::TopicAuthorizationFailed
+                        // librdkafka already retried for message.timeout.ms.
+                        | RDKafkaErrorCode::MessageTimedOut
+                )
+            );
+            if permanent || attempt >= self.settings.publish_max_attempts {
+                return Err(match error {
+                    KafkaError::MessageProduction(
+                        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic,
+                    ) => BusError::UnknownTopic {
+                        topic: record.topic.clone(),
+                    },
+                    other => BusError::Publish {
+                        topic: record.topic.clone(),
+                        detail: format!("{other} (after {attempt} attempts)"),
+                    },
+                });
+            }
+            let pause = Duration::from_millis(
+                self.settings
+                    .retry_backoff_initial_ms
+                    .saturating_mul(1 << (attempt - 1).min(16))
+                    .min(self.settings.retry_backoff_max_ms),
+            );
+            tracing::warn!(topic = %record.topic, attempt, error = %error, ?pause, "publish failed; retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        group: &str,
+        topics: &[String],
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        let consume_error = |e: KafkaError| BusError::Consume {
+            group: group.to_owned(),
+            detail: e.to_string(),
+        };
+        let consumer: StreamConsumer = base_config(&self.brokers, &self.settings)
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            // Offsets are stored only on ack; auto-commit then commits those.
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "1000")
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "session.timeout.ms",
+                self.settings.session_timeout_ms.to_string(),
+            )
+            .set("enable.partition.eof", "false")
+            .create()
+            .map_err(consume_error)?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names).map_err(consume_error)?;
+        Ok(Box::new(KafkaSubscription {
+            consumer,
+            group: group.to_owned(),
+        }))
+    }
+}
+
+impl KafkaBus {
+    async fn send_once(&self, record: &OutboundRecord) -> Result<(), KafkaError> {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (name, value) in &record.headers {
             headers = headers.insert(Header {
@@ -177,40 +263,7 @@ impl Bus for KafkaBus {
             .send(future_record, Timeout::Never)
             .await
             .map(|_| ())
-            .map_err(|(err, _)| match err {
-                KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition)
-                | KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopic) => BusError::UnknownTopic {
-                    topic: record.topic.clone(),
-                },
-                other => BusError::Publish {
-                    topic: record.topic.clone(),
-                    detail: other.to_string(),
-                },
-            })
-    }
-
-    async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError> {
-        let consume_error = |e: KafkaError| BusError::Consume {
-            group: group.to_owned(),
-            detail: e.to_string(),
-        };
-        let consumer: StreamConsumer = base_config(&self.brokers, &self.settings)
-            .set("group.id", group)
-            .set("enable.auto.commit", "true")
-            // Offsets are stored only on ack; auto-commit then commits those.
-            .set("enable.auto.offset.store", "false")
-            .set("auto.commit.interval.ms", "1000")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", self.settings.session_timeout_ms.to_string())
-            .set("enable.partition.eof", "false")
-            .create()
-            .map_err(consume_error)?;
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&names).map_err(consume_error)?;
-        Ok(Box::new(KafkaSubscription {
-            consumer,
-            group: group.to_owned(),
-        }))
+            .map_err(|(err, _)| err)
     }
 }
 
@@ -238,7 +291,12 @@ impl Subscription for KafkaSubscription {
             .map(|headers| {
                 headers
                     .iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -255,8 +313,8 @@ impl Subscription for KafkaSubscription {
     async fn ack(&mut self, delivery: &Delivery) -> Result<(), BusError> {
         match self
             .consumer
-            // The committed offset is the next record to read.
-            .store_offset(&delivery.topic, delivery.partition, delivery.offset + 1)
+            // librdkafka stores offset + 1 itself: the next record to read.
+            .store_offset(&delivery.topic, delivery.partition, delivery.offset)
         {
             Ok(()) => Ok(()),
             // The partition moved to another member in a rebalance: that member

@@ -52,7 +52,8 @@ pub mod header {
 }
 
 /// Content type of every platform event.
-pub const ENVELOPE_CONTENT_TYPE: &str = "application/x-protobuf; messageType=chexvision.v1.Envelope";
+pub const ENVELOPE_CONTENT_TYPE: &str =
+    "application/x-protobuf; messageType=chexvision.v1.Envelope";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -86,14 +87,20 @@ impl OutboundRecord {
     pub fn event(topic: &str, key: &str, event: &Envelope) -> Self {
         let mut headers: Headers = vec![
             (header::CONTENT_TYPE.into(), ENVELOPE_CONTENT_TYPE.into()),
-            (header::EVENT_ID.into(), event.event_id().as_bytes().to_vec()),
+            (
+                header::EVENT_ID.into(),
+                event.event_id().as_bytes().to_vec(),
+            ),
             (
                 header::CORRELATION_ID.into(),
                 event.correlation_id().as_bytes().to_vec(),
             ),
         ];
         if let Some(kind) = event.kind() {
-            headers.push((header::EVENT_KIND.into(), kind.json_name().as_bytes().to_vec()));
+            headers.push((
+                header::EVENT_KIND.into(),
+                kind.json_name().as_bytes().to_vec(),
+            ));
         }
         OutboundRecord {
             topic: topic.to_owned(),
@@ -161,7 +168,11 @@ pub trait Bus: Send + Sync + fmt::Debug {
 
     /// Joins consumer group `group` on `topics`. Members of one group share the
     /// topics' partitions; each record goes to one member.
-    async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError>;
+    async fn subscribe(
+        &self,
+        group: &str,
+        topics: &[String],
+    ) -> Result<Box<dyn Subscription>, BusError>;
 }
 
 #[async_trait]
@@ -194,6 +205,11 @@ pub fn connect(uri: &str, settings: &KafkaSettings) -> Result<Arc<dyn Bus>, BusE
 }
 
 /// Publishes a platform event.
-pub async fn publish_event(bus: &dyn Bus, topic: &str, key: &str, event: &Envelope) -> Result<(), BusError> {
+pub async fn publish_event(
+    bus: &dyn Bus,
+    topic: &str,
+    key: &str,
+    event: &Envelope,
+) -> Result<(), BusError> {
     bus.publish(OutboundRecord::event(topic, key, event)).await
 }

@@ -46,8 +46,11 @@ impl State {
         let Some(group) = self.groups.get_mut(group_name) else {
             return;
         };
-        let mut assignment: HashMap<u64, Vec<PartitionId>> =
-            group.members.iter().map(|(id, _)| (*id, Vec::new())).collect();
+        let mut assignment: HashMap<u64, Vec<PartitionId>> = group
+            .members
+            .iter()
+            .map(|(id, _)| (*id, Vec::new()))
+            .collect();
         let mut all_topics: Vec<&String> = group.members.iter().flat_map(|(_, t)| t).collect();
         all_topics.sort();
         all_topics.dedup();
@@ -86,7 +89,9 @@ impl MemoryBus {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-updated in
         // a way that matters more than losing the bus, so recover the guard.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -130,12 +135,13 @@ impl Bus for MemoryBus {
         let mut state = self.lock();
         let round_robin = state.round_robin;
         state.round_robin += 1;
-        let partitions = state
-            .topics
-            .get_mut(&record.topic)
-            .ok_or_else(|| BusError::UnknownTopic {
-                topic: record.topic.clone(),
-            })?;
+        let partitions =
+            state
+                .topics
+                .get_mut(&record.topic)
+                .ok_or_else(|| BusError::UnknownTopic {
+                    topic: record.topic.clone(),
+                })?;
         let index = if record.key.is_empty() {
             (round_robin % partitions.len() as u64) as usize
         } else {
@@ -151,7 +157,11 @@ impl Bus for MemoryBus {
         Ok(())
     }
 
-    async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError> {
+    async fn subscribe(
+        &self,
+        group: &str,
+        topics: &[String],
+    ) -> Result<Box<dyn Subscription>, BusError> {
         let mut state = self.lock();
         if let Some(missing) = topics.iter().find(|t| !state.topics.contains_key(*t)) {
             return Err(BusError::UnknownTopic {
@@ -200,7 +210,11 @@ impl MemorySubscription {
         let group = state.groups.get(&self.group)?;
         if group.generation != self.generation {
             self.generation = group.generation;
-            self.assigned = group.assignment.get(&self.member).cloned().unwrap_or_default();
+            self.assigned = group
+                .assignment
+                .get(&self.member)
+                .cloned()
+                .unwrap_or_default();
             self.positions = self
                 .assigned
                 .iter()

@@ -11,7 +11,9 @@ use chexvision_bus::{Bus, KafkaBus};
 use chexvision_config::{KafkaSettings, Loader, PlatformConfig};
 
 fn stack_settings(test: &str) -> Option<(String, KafkaSettings)> {
-    let config: PlatformConfig = Loader::new().load().expect("configuration from CHEXVISION_*");
+    let config: PlatformConfig = Loader::new()
+        .load()
+        .expect("configuration from CHEXVISION_*");
     let Some(brokers) = config.bus.strip_prefix("kafka://") else {
         assert!(
             std::env::var("CHEXVISION_REQUIRE_STACK").as_deref() != Ok("1"),
@@ -26,36 +28,48 @@ fn stack_settings(test: &str) -> Option<(String, KafkaSettings)> {
 
 fn stack_bus(test: &str) -> Option<Arc<dyn Bus>> {
     let (brokers, settings) = stack_settings(test)?;
-    Some(Arc::new(KafkaBus::connect(&brokers, &settings).expect("kafka client")))
+    Some(Arc::new(
+        KafkaBus::connect(&brokers, &settings).expect("kafka client"),
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_arrive_exactly_once() {
-    let Some(bus) = stack_bus("exactly-once") else { return };
+    let Some(bus) = stack_bus("exactly-once") else {
+        return;
+    };
     suite::acknowledged_events_arrive_exactly_once(bus, 10_000, Duration::from_secs(240)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_event_is_delivered_again() {
-    let Some(bus) = stack_bus("redeliver") else { return };
+    let Some(bus) = stack_bus("redeliver") else {
+        return;
+    };
     suite::unacknowledged_event_is_delivered_again(bus).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_event_goes_to_dead_letter_topic() {
-    let Some(bus) = stack_bus("poison") else { return };
+    let Some(bus) = stack_bus("poison") else {
+        return;
+    };
     suite::poison_event_goes_to_dead_letter_topic(bus).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_consumers_share_partitions() {
-    let Some(bus) = stack_bus("shared") else { return };
+    let Some(bus) = stack_bus("shared") else {
+        return;
+    };
     suite::two_consumers_share_partitions(bus, Duration::from_secs(8)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_topic_is_an_error() {
-    let Some((brokers, mut settings)) = stack_settings("unknown-topic") else { return };
+    let Some((brokers, mut settings)) = stack_settings("unknown-topic") else {
+        return;
+    };
     // The broker does not create topics on first use; a produce just waits, so
     // bound it here.
     settings.message_timeout_ms = 5_000;

@@ -108,7 +108,10 @@ impl Loader {
         K: Into<String>,
         V: Into<String>,
     {
-        self.env = vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        self.env = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
         self
     }
 

@@ -192,6 +192,9 @@ pub struct KafkaSettings {
     pub session_timeout_ms: u64,
     /// How long the producer keeps retrying one record (covers broker restarts).
     pub message_timeout_ms: u64,
+    /// Attempts to publish one record when the broker answers with an error
+    /// the client does not retry by itself.
+    pub publish_max_attempts: u32,
     /// Extra librdkafka properties, passed through unchanged.
     pub properties: BTreeMap<String, String>,
 }
@@ -208,6 +211,7 @@ impl Default for KafkaSettings {
             retry_backoff_max_ms: 10_000,
             session_timeout_ms: 10_000,
             message_timeout_ms: 300_000,
+            publish_max_attempts: 8,
             properties: BTreeMap::new(),
         }
     }
@@ -237,6 +241,12 @@ impl Validate for KafkaSettings {
         if self.handler_max_attempts == 0 {
             problems.push((
                 "kafka.handler_max_attempts".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.publish_max_attempts == 0 {
+            problems.push((
+                "kafka.publish_max_attempts".into(),
                 "must be at least 1".into(),
             ));
         }

@@ -18,7 +18,10 @@ fn defaults_are_the_embedded_mode() {
     assert_eq!(config.store, DEFAULT_STORE);
     assert_eq!(config.bus, "memory://");
     assert_eq!(config.topics.dead_letter, "chexvision.dlq");
-    assert_eq!(config.topics.training_requests, "chexvision.training.requests");
+    assert_eq!(
+        config.topics.training_requests,
+        "chexvision.training.requests"
+    );
 }
 
 #[test]
@@ -54,7 +57,10 @@ fn file_then_env_then_override() {
 #[test]
 fn env_value_that_looks_like_a_number_can_be_a_string() {
     let config: PlatformConfig = Loader::new()
-        .with_env([("CHEXVISION_S3__ACCESS_KEY_ID", "0123"), ("CHEXVISION_KAFKA__CLIENT_ID", "true")])
+        .with_env([
+            ("CHEXVISION_S3__ACCESS_KEY_ID", "0123"),
+            ("CHEXVISION_KAFKA__CLIENT_ID", "true"),
+        ])
         .load()
         .unwrap();
     assert_eq!(config.s3.access_key_id.as_deref(), Some("0123"));
@@ -105,7 +111,10 @@ fn failed_validation_names_key_and_env_var() {
         .load::<PlatformConfig>()
         .unwrap_err()
         .to_string();
-    assert!(err.contains("`bus`") && err.contains("CHEXVISION_BUS"), "{err}");
+    assert!(
+        err.contains("`bus`") && err.contains("CHEXVISION_BUS"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -144,18 +153,17 @@ fn inheritance_merges_deeply_and_blames_the_right_file() {
     assert_eq!(config.kafka.partitions, 2);
     assert_eq!(config.kafka.compression, "lz4");
 
-    write(
-        dir.path(),
-        "base.yaml",
-        "kafka:\n  compression: snappy\n",
-    );
+    write(dir.path(), "base.yaml", "kafka:\n  compression: snappy\n");
     let err = Loader::new()
         .with_env(no_env())
         .file(Some(&child))
         .load::<PlatformConfig>()
         .unwrap_err()
         .to_string();
-    assert!(err.contains("kafka.compression") && err.contains("base.yaml"), "{err}");
+    assert!(
+        err.contains("kafka.compression") && err.contains("base.yaml"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -189,7 +197,10 @@ fn missing_and_malformed_files_name_the_file() {
         .load::<PlatformConfig>()
         .unwrap_err()
         .to_string();
-    assert!(err.contains("broken.yaml") && err.contains("not valid YAML"), "{err}");
+    assert!(
+        err.contains("broken.yaml") && err.contains("not valid YAML"),
+        "{err}"
+    );
 
     let file = write(dir.path(), "list.yaml", "- a\n- b\n");
     let err = Loader::new()
@@ -198,7 +209,10 @@ fn missing_and_malformed_files_name_the_file() {
         .load::<PlatformConfig>()
         .unwrap_err()
         .to_string();
-    assert!(err.contains("list.yaml") && err.contains("mapping"), "{err}");
+    assert!(
+        err.contains("list.yaml") && err.contains("mapping"),
+        "{err}"
+    );
 }
 
 #[derive(Debug, Default, Serialize, serde::Deserialize)]
@@ -229,5 +243,30 @@ fn service_section_is_validated_under_its_key() {
         .load::<Config<Worker>>()
         .unwrap_err()
         .to_string();
-    assert!(err.contains("service.threads") && err.contains("CHEXVISION_SERVICE__THREADS"), "{err}");
+    assert!(
+        err.contains("service.threads") && err.contains("CHEXVISION_SERVICE__THREADS"),
+        "{err}"
+    );
+}
+
+/// The config files shipped in configs/ load and validate, and the platform
+/// file spells out exactly the built-in defaults.
+#[test]
+fn shipped_configs_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let platform: PlatformConfig = Loader::new()
+        .with_env(no_env())
+        .file(Some(dir.join("platform.yaml")))
+        .load()
+        .unwrap();
+    assert_eq!(platform, PlatformConfig::default());
+
+    let local: PlatformConfig = Loader::new()
+        .with_env(no_env())
+        .file(Some(dir.join("local-stack.yaml")))
+        .load()
+        .unwrap();
+    assert_eq!(local.bus, "kafka://127.0.0.1:9092");
+    assert_eq!(local.s3.region, "garage");
+    assert_eq!(local.kafka, platform.kafka);
 }

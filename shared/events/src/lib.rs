@@ -23,7 +23,8 @@ pub use v1::*;
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Encoded `FileDescriptorSet` of the contracts, for tools that need reflection.
-pub static FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+pub static FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 
 /// Why bytes or JSON could not become a valid event.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +39,9 @@ pub enum EventError {
     MissingBody { event_id: String },
     #[error("event metadata field `{field}` is empty")]
     EmptyField { field: &'static str },
-    #[error("event {event_id} has schema version {found}; this build understands up to {supported}")]
+    #[error(
+        "event {event_id} has schema version {found}; this build understands up to {supported}"
+    )]
     UnsupportedVersion {
         event_id: String,
         found: u32,
@@ -338,8 +341,11 @@ mod tests {
         assert!(err.to_string().contains("has no body"), "{err}");
         assert!(err.to_string().contains("trainingRequested"), "{err}");
 
-        let err = Envelope::from_json(r#"{"trainingRequested": {"modelKind": "RESNET9000"}}"#, "cli")
-            .unwrap_err();
+        let err = Envelope::from_json(
+            r#"{"trainingRequested": {"modelKind": "RESNET9000"}}"#,
+            "cli",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("RESNET9000"), "{err}");
 
         let err = Envelope::decode_checked(b"\xff\xff\xff garbage").unwrap_err();
@@ -348,7 +354,10 @@ mod tests {
         let mut future = Envelope::new(training_request(), "test");
         future.meta.as_mut().unwrap().schema_version = SCHEMA_VERSION + 1;
         let err = Envelope::decode_checked(&future.to_bytes()).unwrap_err();
-        assert!(matches!(err, EventError::UnsupportedVersion { .. }), "{err}");
+        assert!(
+            matches!(err, EventError::UnsupportedVersion { .. }),
+            "{err}"
+        );
 
         let err = Envelope::decode_checked(&[]).unwrap_err();
         assert!(matches!(err, EventError::MissingMeta), "{err}");

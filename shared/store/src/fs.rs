@@ -265,8 +265,11 @@ impl Upload for FsUpload {
 
     async fn finish(mut self: Box<Self>) -> Result<PutReceipt> {
         let temp = self.temp.take().ok_or_else(|| {
-            self.store
-                .io_error("upload", &self.key, io::Error::other("upload already failed"))
+            self.store.io_error(
+                "upload",
+                &self.key,
+                io::Error::other("upload already failed"),
+            )
         })?;
         let target = self.store.path(&self.key);
         self.store

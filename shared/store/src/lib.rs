@@ -254,7 +254,11 @@ mod tests {
 
     #[test]
     fn key_rules() {
-        for good in ["a", "datasets/nih/manifest.json", "runs/r1/checkpoints/epoch-001.safetensors"] {
+        for good in [
+            "a",
+            "datasets/nih/manifest.json",
+            "runs/r1/checkpoints/epoch-001.safetensors",
+        ] {
             validate_key(good).unwrap();
         }
         for bad in [

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_s3::{
     config::{
-        http::HttpResponse, retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Credentials, Region,
-        RequestChecksumCalculation, ResponseChecksumValidation,
+        http::HttpResponse, retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion,
+        Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
     },
     error::{DisplayErrorContext, SdkError},
     primitives::ByteStream,
@@ -153,7 +153,12 @@ impl S3Store {
 
     /// Turns an SDK error into ours: 404s are NotFound; connection failures and
     /// timeouts (after the SDK's bounded retries) are Unavailable.
-    fn error<E>(&self, operation: &'static str, key: &str, err: SdkError<E, HttpResponse>) -> StoreError
+    fn error<E>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        err: SdkError<E, HttpResponse>,
+    ) -> StoreError
     where
         E: std::error::Error + Send + Sync + 'static,
     {
@@ -219,12 +224,16 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.error("get", key, e))?;
-        let body = output.body.collect().await.map_err(|e| StoreError::Backend {
-            store: self.store_uri(),
-            operation: "get",
-            key: key.to_owned(),
-            detail: format!("reading the body failed: {e}"),
-        })?;
+        let body = output
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Backend {
+                store: self.store_uri(),
+                operation: "get",
+                key: key.to_owned(),
+                detail: format!("reading the body failed: {e}"),
+            })?;
         Ok(body.into_bytes())
     }
 
@@ -420,7 +429,10 @@ impl S3Upload {
             )
             .send()
             .await
-            .map_err(|e| self.store.error("complete multipart upload of", &self.key, e))?;
+            .map_err(|e| {
+                self.store
+                    .error("complete multipart upload of", &self.key, e)
+            })?;
         self.closed = true;
         let (sha256, size) = std::mem::take(&mut self.digest).finish();
         Ok(PutReceipt {

@@ -33,7 +33,9 @@ async fn aborted_upload_leaves_no_object() {
     let (dir, store) = store().await;
     suite::aborted_upload_leaves_no_object(&store).await;
     // No temporary files are left behind either.
-    let temp = std::fs::read_dir(dir.path().join(".chexvision-tmp")).unwrap().count();
+    let temp = std::fs::read_dir(dir.path().join(".chexvision-tmp"))
+        .unwrap()
+        .count();
     assert_eq!(temp, 0);
 }
 
@@ -41,13 +43,20 @@ async fn aborted_upload_leaves_no_object() {
 async fn open_by_uri_and_bad_uris() {
     let dir = tempfile::tempdir().unwrap();
     let uri = format!("file://{}", dir.path().display());
-    let store = chexvision_store::open(&uri, &Default::default()).await.unwrap();
-    let receipt = store.put("x/y", bytes::Bytes::from_static(b"z")).await.unwrap();
+    let store = chexvision_store::open(&uri, &Default::default())
+        .await
+        .unwrap();
+    let receipt = store
+        .put("x/y", bytes::Bytes::from_static(b"z"))
+        .await
+        .unwrap();
     assert_eq!(receipt.uri, format!("{uri}/x/y"));
     assert!(dir.path().join("x/y").is_file());
 
     for bad in ["ftp://x", "file://", "s3://"] {
-        let err = chexvision_store::open(bad, &Default::default()).await.unwrap_err();
+        let err = chexvision_store::open(bad, &Default::default())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains(bad), "{err}");
     }
 }

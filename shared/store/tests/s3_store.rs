@@ -12,7 +12,9 @@ use chexvision_store::{ObjectStore, S3Store, StoreError};
 
 /// An S3 store under a fresh prefix of the configured bucket, or None to skip.
 fn stack_store(test: &str) -> Option<S3Store> {
-    let config: PlatformConfig = Loader::new().load().expect("configuration from CHEXVISION_*");
+    let config: PlatformConfig = Loader::new()
+        .load()
+        .expect("configuration from CHEXVISION_*");
     let Some(rest) = config.store.strip_prefix("s3://") else {
         assert!(
             std::env::var("CHEXVISION_REQUIRE_STACK").as_deref() != Ok("1"),
@@ -28,26 +30,38 @@ fn stack_store(test: &str) -> Option<S3Store> {
 
 #[tokio::test]
 async fn round_trip_with_prefixes() {
-    let Some(store) = stack_store("round-trip") else { return };
+    let Some(store) = stack_store("round-trip") else {
+        return;
+    };
     suite::round_trip_with_prefixes(&store).await;
 }
 
 #[tokio::test]
 async fn missing_key_is_not_found() {
-    let Some(store) = stack_store("missing") else { return };
+    let Some(store) = stack_store("missing") else {
+        return;
+    };
     suite::missing_key_is_not_found(&store).await;
 }
 
 #[tokio::test]
 async fn large_multipart_upload() {
-    let Some(store) = stack_store("multipart") else { return };
+    let Some(store) = stack_store("multipart") else {
+        return;
+    };
     suite::large_multipart_upload(&store, 100 * 1024 * 1024).await;
-    assert!(store.pending_multipart_uploads("").await.unwrap().is_empty());
+    assert!(store
+        .pending_multipart_uploads("")
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
 async fn aborted_upload_leaves_no_object() {
-    let Some(store) = stack_store("abort") else { return };
+    let Some(store) = stack_store("abort") else {
+        return;
+    };
     suite::aborted_upload_leaves_no_object(&store).await;
     // No orphaned parts either; a dropped upload is aborted in the background.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -56,7 +70,10 @@ async fn aborted_upload_leaves_no_object() {
         if pending.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "multipart uploads left behind: {pending:?}");
+        assert!(
+            Instant::now() < deadline,
+            "multipart uploads left behind: {pending:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -90,7 +107,10 @@ async fn server_down_gives_bounded_retries_and_a_clear_error() {
     assert!(message.contains("3 attempts"), "{message}");
     assert!(message.contains("datasets/x/manifest.json"), "{message}");
 
-    let err = store.put("a", bytes::Bytes::from_static(b"x")).await.unwrap_err();
+    let err = store
+        .put("a", bytes::Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
 }
 

@@ -78,7 +78,10 @@ impl Telemetry {
     pub fn new(service: &str) -> Self {
         let registry = Registry::new();
         let info = IntGaugeVec::new(
-            Opts::new("chexvision_build_info", "Service name and version; always 1"),
+            Opts::new(
+                "chexvision_build_info",
+                "Service name and version; always 1",
+            ),
             &["service", "version"],
         )
         .expect("static metric definition is valid");
@@ -170,31 +173,43 @@ mod tests {
     #[actix_rt::test]
     async fn endpoints_report_metrics_health_and_readiness() {
         let telemetry = Telemetry::new("chexvision-test");
-        let counter = prometheus::IntCounter::new("chexvision_test_things_total", "things").unwrap();
-        telemetry.registry.register(Box::new(counter.clone())).unwrap();
+        let counter =
+            prometheus::IntCounter::new("chexvision_test_things_total", "things").unwrap();
+        telemetry
+            .registry
+            .register(Box::new(counter.clone()))
+            .unwrap();
         counter.inc_by(3);
-        telemetry.health.not_ready("bus", "connecting to kafka://127.0.0.1:9092");
+        telemetry
+            .health
+            .not_ready("bus", "connecting to kafka://127.0.0.1:9092");
         let app = test::init_service(App::new().configure(configure(telemetry.clone()))).await;
 
-        let response = test::call_service(&app, test::TestRequest::get().uri("/metrics").to_request()).await;
+        let response =
+            test::call_service(&app, test::TestRequest::get().uri("/metrics").to_request()).await;
         assert!(response.status().is_success());
-        let body = String::from_utf8(to_bytes(response.into_body()).await.unwrap().to_vec()).unwrap();
+        let body =
+            String::from_utf8(to_bytes(response.into_body()).await.unwrap().to_vec()).unwrap();
         assert!(body.contains("chexvision_test_things_total 3"), "{body}");
         assert!(
             body.contains("chexvision_build_info{service=\"chexvision-test\""),
             "{body}"
         );
 
-        let response = test::call_service(&app, test::TestRequest::get().uri("/healthz").to_request()).await;
+        let response =
+            test::call_service(&app, test::TestRequest::get().uri("/healthz").to_request()).await;
         assert_eq!(response.status(), 200);
 
-        let response = test::call_service(&app, test::TestRequest::get().uri("/readyz").to_request()).await;
+        let response =
+            test::call_service(&app, test::TestRequest::get().uri("/readyz").to_request()).await;
         assert_eq!(response.status(), 503);
-        let body = String::from_utf8(to_bytes(response.into_body()).await.unwrap().to_vec()).unwrap();
+        let body =
+            String::from_utf8(to_bytes(response.into_body()).await.unwrap().to_vec()).unwrap();
         assert!(body.contains("connecting to kafka"), "{body}");
 
         telemetry.health.ready("bus");
-        let response = test::call_service(&app, test::TestRequest::get().uri("/readyz").to_request()).await;
+        let response =
+            test::call_service(&app, test::TestRequest::get().uri("/readyz").to_request()).await;
         assert_eq!(response.status(), 200);
     }
 

@@ -38,7 +38,9 @@ pub fn request_id(delivery: &Delivery) -> Result<String, HandlerError> {
         .map_err(|e| HandlerError::Malformed(e.to_string()))?;
     match event.body {
         Some(Body::TrainingRequested(r)) => Ok(r.request_id),
-        other => Err(HandlerError::Malformed(format!("unexpected body {other:?}"))),
+        other => Err(HandlerError::Malformed(format!(
+            "unexpected body {other:?}"
+        ))),
     }
 }
 
@@ -70,7 +72,9 @@ impl Handler for Recorder {
         let id = request_id(delivery)?;
         *self.attempts.lock().unwrap().entry(id.clone()).or_default() += 1;
         if self.always_fail.contains(&id) {
-            return Err(HandlerError::Failed(format!("store unreachable while handling {id}")));
+            return Err(HandlerError::Failed(format!(
+                "store unreachable while handling {id}"
+            )));
         }
         self.seen.lock().unwrap().push(id);
         Ok(())
@@ -84,11 +88,12 @@ impl Recorder {
 }
 
 pub async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
     while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    eprintln!("{what}: after {:.1}s", started.elapsed().as_secs_f64());
 }
 
 fn options(group: &str, topic: &str, dlq: &str) -> ConsumerOptions {
@@ -121,18 +126,28 @@ pub fn spawn_consumer(
 
 /// Every record arrives exactly once when each is acknowledged, and a new
 /// member of the group afterwards gets nothing (the offsets were committed).
-pub async fn acknowledged_events_arrive_exactly_once(bus: Arc<dyn Bus>, count: usize, timeout: Duration) {
+pub async fn acknowledged_events_arrive_exactly_once(
+    bus: Arc<dyn Bus>,
+    count: usize,
+    timeout: Duration,
+) {
     let topic = unique("exactly-once");
     let dlq = unique("dlq");
     bus.create_topics(&[TopicSpec::new(&topic, 4), TopicSpec::new(&dlq, 1)])
         .await
         .unwrap();
     let ids: Vec<String> = (0..count).map(|i| format!("req-{i:05}")).collect();
+    let publish_started = Instant::now();
     publish_requests(bus.as_ref(), &topic, ids.clone()).await;
+    eprintln!(
+        "published {count} in {:.1}s",
+        publish_started.elapsed().as_secs_f64()
+    );
 
     let group = unique("group");
     let recorder = Arc::new(Recorder::default());
-    let (shutdown, task) = spawn_consumer(bus.clone(), options(&group, &topic, &dlq), recorder.clone());
+    let (shutdown, task) =
+        spawn_consumer(bus.clone(), options(&group, &topic, &dlq), recorder.clone());
     wait_until("every event", timeout, || recorder.count() >= count).await;
     // Give duplicates, if any, a moment to show up before stopping.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -145,12 +160,22 @@ pub async fn acknowledged_events_arrive_exactly_once(bus: Arc<dyn Bus>, count: u
         *counts.entry(id).or_default() += 1;
     }
     let duplicated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(duplicated.is_empty(), "delivered more than once: {:?}", &duplicated[..duplicated.len().min(10)]);
+    assert!(
+        duplicated.is_empty(),
+        "delivered more than once: {:?}",
+        &duplicated[..duplicated.len().min(10)]
+    );
     assert_eq!(counts.len(), count, "distinct events received");
 
-    let mut again = bus.subscribe(&group, &[topic.clone()]).await.unwrap();
+    let mut again = bus
+        .subscribe(&group, std::slice::from_ref(&topic))
+        .await
+        .unwrap();
     let leftovers = chexvision_bus::drain(again.as_mut(), 10, Duration::from_secs(5)).await;
-    assert!(leftovers.is_empty(), "committed events delivered again: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "committed events delivered again: {leftovers:?}"
+    );
     again.close().await.unwrap();
 }
 
@@ -158,14 +183,21 @@ pub async fn acknowledged_events_arrive_exactly_once(bus: Arc<dyn Bus>, count: u
 /// the next member of the group; the acknowledged one before it is not.
 pub async fn unacknowledged_event_is_delivered_again(bus: Arc<dyn Bus>) {
     let topic = unique("redeliver");
-    bus.create_topics(&[TopicSpec::new(&topic, 2)]).await.unwrap();
+    bus.create_topics(&[TopicSpec::new(&topic, 2)])
+        .await
+        .unwrap();
     let group = unique("group");
     for id in ["first", "second", "third"] {
         // One key: one partition, in order.
-        publish_event(bus.as_ref(), &topic, "same-key", &request(id)).await.unwrap();
+        publish_event(bus.as_ref(), &topic, "same-key", &request(id))
+            .await
+            .unwrap();
     }
 
-    let mut worker = bus.subscribe(&group, &[topic.clone()]).await.unwrap();
+    let mut worker = bus
+        .subscribe(&group, std::slice::from_ref(&topic))
+        .await
+        .unwrap();
     let first = worker.next().await.unwrap();
     assert_eq!(request_id(&first).unwrap(), "first");
     worker.ack(&first).await.unwrap();
@@ -174,7 +206,10 @@ pub async fn unacknowledged_event_is_delivered_again(bus: Arc<dyn Bus>) {
     // The handler "crashes": the worker goes away without acknowledging.
     drop(worker);
 
-    let mut successor = bus.subscribe(&group, &[topic.clone()]).await.unwrap();
+    let mut successor = bus
+        .subscribe(&group, std::slice::from_ref(&topic))
+        .await
+        .unwrap();
     let redelivered = chexvision_bus::drain(successor.as_mut(), 2, Duration::from_secs(30)).await;
     let ids: Vec<String> = redelivered.iter().map(|d| request_id(d).unwrap()).collect();
     assert_eq!(ids, ["second", "third"], "after a crash");
@@ -193,7 +228,9 @@ pub async fn poison_event_goes_to_dead_letter_topic(bus: Arc<dyn Bus>) {
     bus.create_topics(&[TopicSpec::new(&topic, 1), TopicSpec::new(&dlq, 1)])
         .await
         .unwrap();
-    publish_event(bus.as_ref(), &topic, "k", &request("good-1")).await.unwrap();
+    publish_event(bus.as_ref(), &topic, "k", &request("good-1"))
+        .await
+        .unwrap();
     let garbage = b"\x08\x96\x01 this is not an envelope".to_vec();
     bus.publish(OutboundRecord {
         topic: topic.clone(),
@@ -203,33 +240,55 @@ pub async fn poison_event_goes_to_dead_letter_topic(bus: Arc<dyn Bus>) {
     })
     .await
     .unwrap();
-    publish_event(bus.as_ref(), &topic, "k", &request("keeps-failing")).await.unwrap();
-    publish_event(bus.as_ref(), &topic, "k", &request("good-2")).await.unwrap();
+    publish_event(bus.as_ref(), &topic, "k", &request("keeps-failing"))
+        .await
+        .unwrap();
+    publish_event(bus.as_ref(), &topic, "k", &request("good-2"))
+        .await
+        .unwrap();
 
     let recorder = Arc::new(Recorder {
         always_fail: ["keeps-failing".to_string()].into(),
         ..Default::default()
     });
     let group = unique("group");
-    let (shutdown, task) = spawn_consumer(bus.clone(), options(&group, &topic, &dlq), recorder.clone());
-    wait_until("good events behind the poison", Duration::from_secs(60), || {
-        recorder.count() >= 2
-    })
+    let (shutdown, task) =
+        spawn_consumer(bus.clone(), options(&group, &topic, &dlq), recorder.clone());
+    wait_until(
+        "good events behind the poison",
+        Duration::from_secs(60),
+        || recorder.count() >= 2,
+    )
     .await;
     shutdown.cancel();
     task.await.unwrap();
     assert_eq!(*recorder.seen.lock().unwrap(), ["good-1", "good-2"]);
-    assert_eq!(recorder.attempts.lock().unwrap()["keeps-failing"], 3, "bounded retries");
+    assert_eq!(
+        recorder.attempts.lock().unwrap()["keeps-failing"],
+        3,
+        "bounded retries"
+    );
 
-    let mut reader = bus.subscribe(&unique("dlq-reader"), &[dlq.clone()]).await.unwrap();
+    let mut reader = bus
+        .subscribe(&unique("dlq-reader"), std::slice::from_ref(&dlq))
+        .await
+        .unwrap();
     let letters = chexvision_bus::drain(reader.as_mut(), 2, Duration::from_secs(30)).await;
     assert_eq!(letters.len(), 2, "dead letters: {letters:?}");
 
     let malformed = &letters[0];
-    let error = malformed.header_str(header::DLQ_ERROR).expect("error header");
+    let error = malformed
+        .header_str(header::DLQ_ERROR)
+        .expect("error header");
     assert!(error.contains("malformed"), "{error}");
-    assert_eq!(malformed.header(header::DLQ_ORIGINAL_PAYLOAD), Some(&garbage[..]));
-    assert_eq!(malformed.header_str(header::DLQ_SOURCE_TOPIC), Some(topic.as_str()));
+    assert_eq!(
+        malformed.header(header::DLQ_ORIGINAL_PAYLOAD),
+        Some(&garbage[..])
+    );
+    assert_eq!(
+        malformed.header_str(header::DLQ_SOURCE_TOPIC),
+        Some(topic.as_str())
+    );
     assert_eq!(malformed.header_str(header::DLQ_ATTEMPTS), Some("1"));
     let event = Envelope::decode_checked(&malformed.payload).expect("a dead letter is an event");
     let Some(Body::DeadLetter(letter)) = event.body else {
@@ -249,10 +308,15 @@ pub async fn poison_event_goes_to_dead_letter_topic(bus: Arc<dyn Bus>) {
     let event = Envelope::decode_checked(&failing.payload).unwrap();
     let original = request("x");
     assert_ne!(event.correlation_id(), original.correlation_id());
-    let Some(Body::DeadLetter(letter)) = event.body else { panic!() };
+    let Some(Body::DeadLetter(letter)) = event.body else {
+        panic!()
+    };
     let original = Envelope::decode_checked(&letter.original_payload).unwrap();
     // The dead letter carries the correlation id of the event it failed on.
-    assert_eq!(event.meta.unwrap().correlation_id, original.correlation_id());
+    assert_eq!(
+        event.meta.unwrap().correlation_id,
+        original.correlation_id()
+    );
     reader.close().await.unwrap();
 }
 
@@ -260,10 +324,18 @@ pub async fn poison_event_goes_to_dead_letter_topic(bus: Arc<dyn Bus>) {
 /// of them, each partition to one of them.
 pub async fn two_consumers_share_partitions(bus: Arc<dyn Bus>, settle: Duration) {
     let topic = unique("shared");
-    bus.create_topics(&[TopicSpec::new(&topic, 4)]).await.unwrap();
+    bus.create_topics(&[TopicSpec::new(&topic, 4)])
+        .await
+        .unwrap();
     let group = unique("group");
-    let a = bus.subscribe(&group, &[topic.clone()]).await.unwrap();
-    let b = bus.subscribe(&group, &[topic.clone()]).await.unwrap();
+    let a = bus
+        .subscribe(&group, std::slice::from_ref(&topic))
+        .await
+        .unwrap();
+    let b = bus
+        .subscribe(&group, std::slice::from_ref(&topic))
+        .await
+        .unwrap();
 
     let received: Arc<Mutex<Vec<(usize, Delivery)>>> = Arc::default();
     let stop = CancellationToken::new();
@@ -288,7 +360,12 @@ pub async fn two_consumers_share_partitions(bus: Arc<dyn Bus>, settle: Duration)
     // Let the group settle on its assignment before publishing.
     tokio::time::sleep(settle).await;
     let count = 400;
-    publish_requests(bus.as_ref(), &topic, (0..count).map(|i| format!("share-{i}"))).await;
+    publish_requests(
+        bus.as_ref(),
+        &topic,
+        (0..count).map(|i| format!("share-{i}")),
+    )
+    .await;
     wait_until("all shared events", Duration::from_secs(60), || {
         received.lock().unwrap().len() >= count
     })
@@ -299,7 +376,10 @@ pub async fn two_consumers_share_partitions(bus: Arc<dyn Bus>, settle: Duration)
     }
 
     let received = received.lock().unwrap();
-    let ids: BTreeSet<String> = received.iter().map(|(_, d)| request_id(d).unwrap()).collect();
+    let ids: BTreeSet<String> = received
+        .iter()
+        .map(|(_, d)| request_id(d).unwrap())
+        .collect();
     assert_eq!(ids.len(), count, "each event once");
     assert_eq!(received.len(), count, "no duplicates");
     let partitions = |member: usize| -> BTreeSet<i32> {
@@ -310,14 +390,23 @@ pub async fn two_consumers_share_partitions(bus: Arc<dyn Bus>, settle: Duration)
             .collect()
     };
     let (pa, pb) = (partitions(0), partitions(1));
-    assert!(!pa.is_empty() && !pb.is_empty(), "both members got work: {pa:?} {pb:?}");
-    assert!(pa.is_disjoint(&pb), "a partition went to both members: {pa:?} {pb:?}");
+    assert!(
+        !pa.is_empty() && !pb.is_empty(),
+        "both members got work: {pa:?} {pb:?}"
+    );
+    assert!(
+        pa.is_disjoint(&pb),
+        "a partition went to both members: {pa:?} {pb:?}"
+    );
     assert_eq!(pa.len() + pb.len(), 4);
 }
 
 /// The broker restarts in the middle of a stream: every event published is
 /// still consumed (duplicates are allowed, losses are not).
-pub async fn broker_restart_loses_nothing(bus: Arc<dyn Bus>, restart: impl FnOnce() + Send + 'static) {
+pub async fn broker_restart_loses_nothing(
+    bus: Arc<dyn Bus>,
+    restart: impl FnOnce() + Send + 'static,
+) {
     let topic = unique("restart");
     let dlq = unique("dlq");
     bus.create_topics(&[TopicSpec::new(&topic, 2), TopicSpec::new(&dlq, 1)])
@@ -325,22 +414,55 @@ pub async fn broker_restart_loses_nothing(bus: Arc<dyn Bus>, restart: impl FnOnc
         .unwrap();
     let recorder = Arc::new(Recorder::default());
     let group = unique("group");
-    let (shutdown, task) = spawn_consumer(bus.clone(), options(&group, &topic, &dlq), recorder.clone());
+    let (shutdown, task) =
+        spawn_consumer(bus.clone(), options(&group, &topic, &dlq), recorder.clone());
 
     let total = 1000;
     let ids: Vec<String> = (0..total).map(|i| format!("restart-{i:04}")).collect();
     publish_requests(bus.as_ref(), &topic, ids[..300].to_vec()).await;
-    wait_until("first events consumed", Duration::from_secs(60), || recorder.count() >= 100).await;
-
-    // Restart while the rest is being published and consumed.
-    let restarter = tokio::task::spawn_blocking(restart);
-    publish_requests(bus.as_ref(), &topic, ids[300..].to_vec()).await;
-    restarter.await.unwrap();
-
-    wait_until("every event after the restart", Duration::from_secs(180), || {
-        let seen: BTreeSet<String> = recorder.seen.lock().unwrap().iter().cloned().collect();
-        seen.len() >= total
+    wait_until("first events consumed", Duration::from_secs(60), || {
+        recorder.count() >= 100
     })
+    .await;
+
+    // Restart while the rest is being published (paced, so the stream is
+    // still flowing when the broker goes away) and consumed.
+    let publisher = {
+        let bus = bus.clone();
+        let topic = topic.clone();
+        let rest = ids[300..].to_vec();
+        tokio::spawn(async move {
+            let mut sends = tokio::task::JoinSet::new();
+            for id in rest {
+                let bus = bus.clone();
+                let topic = topic.clone();
+                sends.spawn(async move {
+                    publish_event(bus.as_ref(), &topic, &id, &request(&id)).await
+                });
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            while let Some(result) = sends.join_next().await {
+                result.unwrap().expect("publish across the restart");
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let consumed_before_restart = recorder.count();
+    tokio::task::spawn_blocking(restart).await.unwrap();
+    publisher.await.unwrap();
+    assert!(
+        consumed_before_restart < total,
+        "the restart came after the stream ended; the test proves nothing"
+    );
+
+    wait_until(
+        "every event after the restart",
+        Duration::from_secs(180),
+        || {
+            let seen: BTreeSet<String> = recorder.seen.lock().unwrap().iter().cloned().collect();
+            seen.len() >= total
+        },
+    )
     .await;
     shutdown.cancel();
     task.await.unwrap();

@@ -14,8 +14,14 @@ pub fn unique_prefix(name: &str) -> String {
 pub async fn round_trip_with_prefixes(store: &dyn ObjectStore) {
     let objects = [
         ("datasets/a/manifest.json", &b"{\"rows\": 3}"[..]),
-        ("datasets/a/raw/train/shard-00000.parquet", &b"shard zero"[..]),
-        ("datasets/a/raw/train/shard-00001.parquet", &b"shard one"[..]),
+        (
+            "datasets/a/raw/train/shard-00000.parquet",
+            &b"shard zero"[..],
+        ),
+        (
+            "datasets/a/raw/train/shard-00001.parquet",
+            &b"shard one"[..],
+        ),
         ("datasets/ab/manifest.json", &b"other dataset"[..]),
         ("runs/r1/history.json", &b"[]"[..]),
     ];
@@ -23,10 +29,18 @@ pub async fn round_trip_with_prefixes(store: &dyn ObjectStore) {
         let receipt = store.put(key, Bytes::from_static(data)).await.unwrap();
         assert_eq!(receipt.sha256, sha256_hex(data), "{key}");
         assert_eq!(receipt.size, data.len() as u64);
-        assert!(receipt.uri.ends_with(key), "{} does not end with {key}", receipt.uri);
+        assert!(
+            receipt.uri.ends_with(key),
+            "{} does not end with {key}",
+            receipt.uri
+        );
     }
     for (key, data) in objects {
-        assert_eq!(store.get(key).await.unwrap(), Bytes::from_static(data), "{key}");
+        assert_eq!(
+            store.get(key).await.unwrap(),
+            Bytes::from_static(data),
+            "{key}"
+        );
         assert_eq!(store.head(key).await.unwrap().size, data.len() as u64);
     }
 
@@ -55,13 +69,23 @@ pub async fn round_trip_with_prefixes(store: &dyn ObjectStore) {
     assert_eq!(store.list("").await.unwrap().len(), objects.len());
 
     // Overwrite replaces the whole object.
-    store.put("runs/r1/history.json", Bytes::from_static(b"[1]")).await.unwrap();
-    assert_eq!(store.get("runs/r1/history.json").await.unwrap(), Bytes::from_static(b"[1]"));
+    store
+        .put("runs/r1/history.json", Bytes::from_static(b"[1]"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get("runs/r1/history.json").await.unwrap(),
+        Bytes::from_static(b"[1]")
+    );
 
     // Delete, and deleting again is fine.
     store.delete("runs/r1/history.json").await.unwrap();
     store.delete("runs/r1/history.json").await.unwrap();
-    assert!(store.get("runs/r1/history.json").await.unwrap_err().is_not_found());
+    assert!(store
+        .get("runs/r1/history.json")
+        .await
+        .unwrap_err()
+        .is_not_found());
     assert_eq!(store.list("runs/").await.unwrap().len(), 0);
 
     // Bad keys are refused with the reason, before any I/O.
@@ -81,7 +105,10 @@ pub async fn missing_key_is_not_found(store: &dyn ObjectStore) {
         }
     }
     // A key that is only a prefix of other objects is not an object either.
-    store.put("folder/inside", Bytes::from_static(b"x")).await.unwrap();
+    store
+        .put("folder/inside", Bytes::from_static(b"x"))
+        .await
+        .unwrap();
     assert!(store.get("folder").await.unwrap_err().is_not_found());
     assert!(store.head("folder").await.unwrap_err().is_not_found());
 }
@@ -135,7 +162,11 @@ pub async fn aborted_upload_leaves_no_object(store: &dyn ObjectStore) {
         upload.write(&chunk).await.unwrap();
     }
     upload.abort().await.unwrap();
-    assert!(store.head("partial/aborted.bin").await.unwrap_err().is_not_found());
+    assert!(store
+        .head("partial/aborted.bin")
+        .await
+        .unwrap_err()
+        .is_not_found());
 
     // A dropped upload (a cancelled task) behaves the same.
     let mut upload = store.upload("partial/dropped.bin").await.unwrap();
@@ -143,7 +174,11 @@ pub async fn aborted_upload_leaves_no_object(store: &dyn ObjectStore) {
         upload.write(&chunk).await.unwrap();
     }
     drop(upload);
-    assert!(store.head("partial/dropped.bin").await.unwrap_err().is_not_found());
+    assert!(store
+        .head("partial/dropped.bin")
+        .await
+        .unwrap_err()
+        .is_not_found());
     assert!(store.list("partial/").await.unwrap().is_empty());
 
     // A failing source aborts the upload it was streaming into.
@@ -162,13 +197,17 @@ pub async fn aborted_upload_leaves_no_object(store: &dyn ObjectStore) {
             std::task::Poll::Ready(Ok(()))
         }
     }
-    let err = put_reader(store, "partial/from-reader.bin", Failing(12)).await.unwrap_err();
+    let err = put_reader(store, "partial/from-reader.bin", Failing(12))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("source broke"), "{err}");
     assert!(store.list("partial/").await.unwrap().is_empty());
 
     // And a reader that succeeds gives the whole object.
     let data = vec![42u8; 2_500_000];
-    let receipt = put_reader(store, "partial/ok.bin", &data[..]).await.unwrap();
+    let receipt = put_reader(store, "partial/ok.bin", &data[..])
+        .await
+        .unwrap();
     assert_eq!(receipt.sha256, sha256_hex(&data));
     store.delete("partial/ok.bin").await.unwrap();
 }
