@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: help test test-unit lint fmt build stack-up stack-down stack-status demo clean-stack
+.PHONY: help test test-unit lint fmt build deps stack-up stack-down stack-status demo clean-stack
 
 help:
 	@echo "make test        lint, then every test, with the local Kafka broker and S3 server (started if needed)"
@@ -16,9 +16,16 @@ help:
 
 # Everything CI runs. CHEXVISION_REQUIRE_STACK=1 turns a missing server into a
 # failure instead of a skip, so the Kafka and S3 suites really run.
-test: lint
+test: lint deps
 	eval "$$(scripts/stack.sh up)" && \
 	  CHEXVISION_REQUIRE_STACK=1 $(CARGO) test --workspace --locked
+
+# Test tools from Debian's packages: a real Prometheus scrapes /metrics.
+deps:
+	@command -v prometheus >/dev/null || { \
+	  echo "installing prometheus (Debian package)" >&2; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 test-unit:
 	$(CARGO) test --workspace --locked
@@ -48,7 +55,8 @@ clean-stack:
 
 # What works end to end today: a data team's training request goes through the
 # real broker as a protobuf event and comes back as JSON.
-demo: build
+demo:
+	$(CARGO) build -p chexvision-cli --locked
 	eval "$$(scripts/stack.sh up)" && \
 	  bin="$${CARGO_TARGET_DIR:-target}/debug/chexvision" && \
 	  request="demo-$$(date +%s)" && \
