@@ -12,6 +12,25 @@ fn no_env() -> Vec<(String, String)> {
     Vec::new()
 }
 
+/// The error message of loading `file` with an empty environment.
+fn file_error(file: &Path) -> String {
+    Loader::new()
+        .with_env(no_env())
+        .file(Some(file))
+        .load::<PlatformConfig>()
+        .unwrap_err()
+        .to_string()
+}
+
+/// The error message of loading with only `vars` in the environment.
+fn env_error(vars: &[(&str, &str)]) -> String {
+    Loader::new()
+        .with_env(vars.iter().copied())
+        .load::<PlatformConfig>()
+        .unwrap_err()
+        .to_string()
+}
+
 #[test]
 fn defaults_are_the_embedded_mode() {
     let config: PlatformConfig = Loader::new().with_env(no_env()).load().unwrap();
@@ -71,12 +90,7 @@ fn env_value_that_looks_like_a_number_can_be_a_string() {
 fn bad_type_names_key_and_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "bad.yaml", "kafka:\n  partitions: many\n");
-    let err = Loader::new()
-        .with_env(no_env())
-        .file(Some(&file))
-        .load::<PlatformConfig>()
-        .unwrap_err()
-        .to_string();
+    let err = file_error(&file);
     assert!(err.contains("kafka.partitions"), "{err}");
     assert!(err.contains("bad.yaml"), "{err}");
 }
@@ -85,32 +99,19 @@ fn bad_type_names_key_and_file() {
 fn unknown_key_names_key_and_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "typo.yaml", "kafka:\n  partitons: 3\n");
-    let err = Loader::new()
-        .with_env(no_env())
-        .file(Some(&file))
-        .load::<PlatformConfig>()
-        .unwrap_err()
-        .to_string();
+    let err = file_error(&file);
     assert!(err.contains("partitons"), "{err}");
     assert!(err.contains("typo.yaml"), "{err}");
 }
 
 #[test]
 fn failed_validation_names_key_and_env_var() {
-    let err = Loader::new()
-        .with_env([("CHEXVISION_KAFKA__PARTITIONS", "0")])
-        .load::<PlatformConfig>()
-        .unwrap_err()
-        .to_string();
+    let err = env_error(&[("CHEXVISION_KAFKA__PARTITIONS", "0")]);
     assert!(err.contains("kafka.partitions"), "{err}");
     assert!(err.contains("CHEXVISION_KAFKA__PARTITIONS"), "{err}");
     assert!(err.contains("at least 1"), "{err}");
 
-    let err = Loader::new()
-        .with_env([("CHEXVISION_BUS", "rabbitmq://x")])
-        .load::<PlatformConfig>()
-        .unwrap_err()
-        .to_string();
+    let err = env_error(&[("CHEXVISION_BUS", "rabbitmq://x")]);
     assert!(
         err.contains("`bus`") && err.contains("CHEXVISION_BUS"),
         "{err}"
@@ -121,12 +122,7 @@ fn failed_validation_names_key_and_env_var() {
 fn failed_validation_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "s3.yaml", "s3:\n  multipart_part_bytes: 1024\n");
-    let err = Loader::new()
-        .with_env(no_env())
-        .file(Some(&file))
-        .load::<PlatformConfig>()
-        .unwrap_err()
-        .to_string();
+    let err = file_error(&file);
     assert!(err.contains("s3.multipart_part_bytes"), "{err}");
     assert!(err.contains("s3.yaml"), "{err}");
 }
@@ -154,12 +150,7 @@ fn inheritance_merges_deeply_and_blames_the_right_file() {
     assert_eq!(config.kafka.compression, "lz4");
 
     write(dir.path(), "base.yaml", "kafka:\n  compression: snappy\n");
-    let err = Loader::new()
-        .with_env(no_env())
-        .file(Some(&child))
-        .load::<PlatformConfig>()
-        .unwrap_err()
-        .to_string();
+    let err = file_error(&child);
     assert!(
         err.contains("kafka.compression") && err.contains("base.yaml"),
         "{err}"
@@ -181,34 +172,19 @@ fn inheritance_cycle_is_an_error() {
 
 #[test]
 fn missing_and_malformed_files_name_the_file() {
-    let err = Loader::new()
-        .with_env(no_env())
-        .file(Some("/nonexistent/chexvision.yaml"))
-        .load::<PlatformConfig>()
-        .unwrap_err()
-        .to_string();
+    let err = file_error(Path::new("/nonexistent/chexvision.yaml"));
     assert!(err.contains("/nonexistent/chexvision.yaml"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "broken.yaml", "kafka: [unclosed\n");
-    let err = Loader::new()
-        .with_env(no_env())
-        .file(Some(&file))
-        .load::<PlatformConfig>()
-        .unwrap_err()
-        .to_string();
+    let err = file_error(&file);
     assert!(
         err.contains("broken.yaml") && err.contains("not valid YAML"),
         "{err}"
     );
 
     let file = write(dir.path(), "list.yaml", "- a\n- b\n");
-    let err = Loader::new()
-        .with_env(no_env())
-        .file(Some(&file))
-        .load::<PlatformConfig>()
-        .unwrap_err()
-        .to_string();
+    let err = file_error(&file);
     assert!(
         err.contains("list.yaml") && err.contains("mapping"),
         "{err}"
