@@ -16,9 +16,12 @@ help:
 
 # Everything CI runs. CHEXVISION_REQUIRE_STACK=1 turns a missing server into a
 # failure instead of a skip, so the Kafka and S3 suites really run.
+# The last line sums every test binary's result ("N passed, N failed").
 test: lint deps
 	eval "$$(scripts/stack.sh up)" && \
-	  CHEXVISION_REQUIRE_STACK=1 $(CARGO) test --workspace --locked
+	  CHEXVISION_REQUIRE_STACK=1 $(CARGO) test --workspace --locked --lib --bins --tests 2>&1 \
+	  | awk '{ print } /^test result:/ { passed += $$4; failed += $$6 } \
+	         END { printf "%d passed, %d failed\n", passed, failed }'
 
 # Test tools from Debian's packages: a real Prometheus scrapes /metrics.
 deps:
@@ -28,7 +31,7 @@ deps:
 	    apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 test-unit:
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --workspace --locked --lib --bins --tests
 
 lint:
 	$(CARGO) fmt --all -- --check
