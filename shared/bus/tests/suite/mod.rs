@@ -10,8 +10,8 @@ use std::{
 
 use async_trait::async_trait;
 use chexvision_bus::{
-    header, publish_event, Bus, Consumer, ConsumerOptions, Delivery, Handler, HandlerError,
-    OutboundRecord, TopicSpec,
+    header, publish_event, Bus, BusMetrics, Consumer, ConsumerOptions, Delivery, Handler,
+    HandlerError, OutboundRecord, TopicSpec,
 };
 use chexvision_events::{Body, Envelope, TrainingRequested};
 use tokio_util::sync::CancellationToken;
@@ -107,21 +107,23 @@ fn options(group: &str, topic: &str, dlq: &str) -> ConsumerOptions {
     }
 }
 
-/// Runs a consumer in the background; returns its shutdown token and task.
+/// Runs a consumer in the background; returns its shutdown token, task and metrics.
 pub fn spawn_consumer(
     bus: Arc<dyn Bus>,
     options: ConsumerOptions,
     handler: Arc<Recorder>,
-) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+) -> (CancellationToken, tokio::task::JoinHandle<()>, BusMetrics) {
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
+    let metrics = BusMetrics::register(&prometheus::Registry::new()).expect("metrics");
+    let consumer = Consumer::new(bus, options).with_metrics(metrics.clone());
     let task = tokio::spawn(async move {
-        Consumer::new(bus, options)
+        consumer
             .run(handler.as_ref(), token)
             .await
             .expect("consumer run");
     });
-    (shutdown, task)
+    (shutdown, task, metrics)
 }
 
 /// Every record arrives exactly once when each is acknowledged, and a new
@@ -146,7 +148,7 @@ pub async fn acknowledged_events_arrive_exactly_once(
 
     let group = unique("group");
     let recorder = Arc::new(Recorder::default());
-    let (shutdown, task) =
+    let (shutdown, task, _) =
         spawn_consumer(bus.clone(), options(&group, &topic, &dlq), recorder.clone());
     wait_until("every event", timeout, || recorder.count() >= count).await;
     // Give duplicates, if any, a moment to show up before stopping.
@@ -252,7 +254,7 @@ pub async fn poison_event_goes_to_dead_letter_topic(bus: Arc<dyn Bus>) {
         ..Default::default()
     });
     let group = unique("group");
-    let (shutdown, task) =
+    let (shutdown, task, metrics) =
         spawn_consumer(bus.clone(), options(&group, &topic, &dlq), recorder.clone());
     wait_until(
         "good events behind the poison",
@@ -263,6 +265,9 @@ pub async fn poison_event_goes_to_dead_letter_topic(bus: Arc<dyn Bus>) {
     shutdown.cancel();
     task.await.unwrap();
     assert_eq!(*recorder.seen.lock().unwrap(), ["good-1", "good-2"]);
+    assert_eq!(metrics.consumed(&topic, "handled"), 2);
+    assert_eq!(metrics.consumed(&topic, "retried"), 2);
+    assert_eq!(metrics.consumed(&topic, "dead_lettered"), 2);
     assert_eq!(
         recorder.attempts.lock().unwrap()["keeps-failing"],
         3,
@@ -414,7 +419,7 @@ pub async fn broker_restart_loses_nothing(
         .unwrap();
     let recorder = Arc::new(Recorder::default());
     let group = unique("group");
-    let (shutdown, task) =
+    let (shutdown, task, _) =
         spawn_consumer(bus.clone(), options(&group, &topic, &dlq), recorder.clone());
 
     let total = 1000;
