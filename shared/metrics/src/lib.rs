@@ -54,11 +54,12 @@ pub struct MultiLabelAuc {
 /// AUC for each of `classes` columns of row-major `scores` / `labels`
 /// (`rows × classes`).
 pub fn multilabel_auc(scores: &[f64], labels: &[bool], classes: usize) -> MultiLabelAuc {
-    let rows = if classes == 0 {
-        0
-    } else {
-        scores.len() / classes
-    };
+    // Rows present in both inputs; a ragged tail is ignored rather than read out of bounds.
+    let rows = scores
+        .len()
+        .min(labels.len())
+        .checked_div(classes)
+        .unwrap_or(0);
     let per_class: Vec<Option<f64>> = (0..classes)
         .map(|c| {
             let column_scores: Vec<f64> = (0..rows).map(|r| scores[r * classes + c]).collect();
