@@ -55,30 +55,8 @@ impl S3Store {
                 reason: e.to_string(),
             })?;
         }
-        let access_key = settings
-            .access_key_id
-            .clone()
-            .or_else(|| std::env::var("AWS_ACCESS_KEY_ID").ok());
-        let secret_key = settings
-            .secret_access_key
-            .clone()
-            .or_else(|| std::env::var("AWS_SECRET_ACCESS_KEY").ok());
-        let (Some(access_key), Some(secret_key)) = (access_key, secret_key) else {
-            return Err(StoreError::InvalidUri {
-                uri,
-                reason: "no S3 credentials: set s3.access_key_id and s3.secret_access_key \
-                         (CHEXVISION_S3__ACCESS_KEY_ID, ...) or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-                    .into(),
-            });
-        };
-        let session_token = std::env::var("AWS_SESSION_TOKEN").ok();
-        let credentials = Credentials::new(
-            access_key,
-            secret_key,
-            session_token,
-            None,
-            "chexvision-config",
-        );
+        let credentials = credentials(settings, |name| std::env::var(name).ok())
+            .map_err(|reason| StoreError::InvalidUri { uri, reason })?;
         let path_style = settings.path_style.unwrap_or(settings.endpoint.is_some());
         let mut builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -184,6 +162,34 @@ impl S3Store {
             },
         }
     }
+}
+
+/// Static credentials from the settings, else from the AWS_* variables that
+/// `env` looks up; the error says how to provide them.
+fn credentials(
+    settings: &S3Settings,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Credentials, String> {
+    let access_key = settings
+        .access_key_id
+        .clone()
+        .or_else(|| env("AWS_ACCESS_KEY_ID"));
+    let secret_key = settings
+        .secret_access_key
+        .clone()
+        .or_else(|| env("AWS_SECRET_ACCESS_KEY"));
+    let (Some(access_key), Some(secret_key)) = (access_key, secret_key) else {
+        return Err("no S3 credentials: set s3.access_key_id and s3.secret_access_key \
+                    (CHEXVISION_S3__ACCESS_KEY_ID, ...) or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            .into());
+    };
+    Ok(Credentials::new(
+        access_key,
+        secret_key,
+        env("AWS_SESSION_TOKEN"),
+        None,
+        "chexvision-config",
+    ))
 }
 
 #[async_trait]
@@ -522,5 +528,37 @@ impl Drop for S3Upload {
                 tracing::warn!(%key, error = %DisplayErrorContext(&err), "abort of dropped upload failed");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_from_settings_then_environment_else_a_clear_error() {
+        let env = |name: &str| match name {
+            "AWS_ACCESS_KEY_ID" => Some("GKenv".to_owned()),
+            "AWS_SECRET_ACCESS_KEY" => Some("env-secret".to_owned()),
+            _ => None,
+        };
+        let from_env = credentials(&S3Settings::default(), env).unwrap();
+        assert_eq!(from_env.access_key_id(), "GKenv");
+        assert_eq!(from_env.session_token(), None);
+
+        let configured = S3Settings {
+            access_key_id: Some("GKconfig".into()),
+            secret_access_key: Some("config-secret".into()),
+            ..Default::default()
+        };
+        let from_config = credentials(&configured, env).unwrap();
+        assert_eq!(from_config.access_key_id(), "GKconfig");
+        assert_eq!(from_config.secret_access_key(), "config-secret");
+
+        let err = credentials(&S3Settings::default(), |_| None).unwrap_err();
+        assert!(
+            err.contains("AWS_ACCESS_KEY_ID") && err.contains("s3.access_key_id"),
+            "{err}"
+        );
     }
 }
