@@ -53,9 +53,9 @@ impl FsStore {
 
     fn io_error(&self, operation: &'static str, key: &str, source: io::Error) -> StoreError {
         if source.kind() == io::ErrorKind::NotFound
-            || (operation != "put" && source.raw_os_error() == Some(21))
+            || (operation != "put" && source.kind() == io::ErrorKind::IsADirectory)
         {
-            // ENOENT, or EISDIR: a key that names a folder is not an object.
+            // A key that names a folder (a prefix of other keys) is not an object.
             StoreError::NotFound {
                 store: self.store_uri(),
                 key: key.to_owned(),
