@@ -49,19 +49,13 @@ impl KafkaBus {
             uri: format!("kafka://{brokers}"),
             reason: e.to_string(),
         };
-        let producer: FutureProducer = base_config(brokers, settings)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", &settings.compression)
-            .set(
-                "message.timeout.ms",
-                settings.message_timeout_ms.to_string(),
-            )
-            .set("linger.ms", "5")
+        let producer: FutureProducer = producer_config(brokers, settings)
             .create()
             .map_err(invalid)?;
         let admin: AdminClient<DefaultClientContext> =
-            base_config(brokers, settings).create().map_err(invalid)?;
+            with_overrides(base_config(brokers, settings), settings)
+                .create()
+                .map_err(invalid)?;
         Ok(KafkaBus {
             brokers: brokers.to_owned(),
             settings: settings.clone(),
@@ -118,6 +112,25 @@ fn base_config(brokers: &str, settings: &KafkaSettings) -> ClientConfig {
         .set("client.id", &settings.client_id)
         // Keep reconnect attempts frequent so a restarted broker is found quickly.
         .set("reconnect.backoff.max.ms", "2000");
+    config
+}
+
+fn producer_config(brokers: &str, settings: &KafkaSettings) -> ClientConfig {
+    let mut config = base_config(brokers, settings);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", &settings.compression)
+        .set(
+            "message.timeout.ms",
+            settings.message_timeout_ms.to_string(),
+        )
+        .set("linger.ms", "5");
+    with_overrides(config, settings)
+}
+
+/// Applies `kafka.properties` last, so an operator's setting wins.
+fn with_overrides(mut config: ClientConfig, settings: &KafkaSettings) -> ClientConfig {
     for (key, value) in &settings.properties {
         config.set(key, value);
     }
@@ -221,18 +234,21 @@ impl Bus for KafkaBus {
             group: group.to_owned(),
             detail: e.to_string(),
         };
-        let consumer: StreamConsumer = base_config(&self.brokers, &self.settings)
-            .set("group.id", group)
-            .set("enable.auto.commit", "true")
-            // Offsets are stored only on ack; auto-commit then commits those.
-            .set("enable.auto.offset.store", "false")
+        let mut consumer_config = base_config(&self.brokers, &self.settings);
+        consumer_config
             .set("auto.commit.interval.ms", "1000")
             .set("auto.offset.reset", "earliest")
             .set(
                 "session.timeout.ms",
                 self.settings.session_timeout_ms.to_string(),
             )
-            .set("enable.partition.eof", "false")
+            .set("enable.partition.eof", "false");
+        let consumer: StreamConsumer = with_overrides(consumer_config, &self.settings)
+            // Set after the overrides: acknowledgement depends on these.
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            // Offsets are stored only on ack; auto-commit then commits those.
+            .set("enable.auto.offset.store", "false")
             .create()
             .map_err(consume_error)?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -345,5 +361,27 @@ impl Subscription for KafkaSubscription {
         })
         .await
         .map_err(|_| BusError::Closed)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_properties_override_producer_defaults() {
+        let mut settings = KafkaSettings::default();
+        assert_eq!(
+            producer_config("b:9092", &settings).get("enable.idempotence"),
+            Some("true")
+        );
+        settings
+            .properties
+            .insert("enable.idempotence".into(), "false".into());
+        settings.properties.insert("linger.ms".into(), "50".into());
+        let config = producer_config("b:9092", &settings);
+        assert_eq!(config.get("enable.idempotence"), Some("false"));
+        assert_eq!(config.get("linger.ms"), Some("50"));
+        assert_eq!(config.get("acks"), Some("all"));
     }
 }

@@ -37,11 +37,15 @@ struct DurableBroker {
 }
 
 impl DurableBroker {
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("tansu.log")
+    }
+
     fn start(&mut self) {
         let log = std::fs::File::options()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("tansu.log"))
+            .open(self.log_path())
             .unwrap();
         let address = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(&self.binary)
@@ -93,9 +97,17 @@ impl Drop for DurableBroker {
     fn drop(&mut self) {
         self.stop();
         if std::thread::panicking() {
-            let log =
-                std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            // The first errors say what went wrong; the last say how it ended.
+            eprintln!("--- tansu log (first errors) ---");
+            for line in log
+                .lines()
+                .filter(|l| l.contains("ERROR") || l.contains("WARN") || l.contains("panic"))
+                .take(20)
+            {
+                eprintln!("{line}");
+            }
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
             eprintln!("--- tansu log (last lines) ---");
             for line in tail.into_iter().rev() {
                 eprintln!("{line}");
@@ -104,8 +116,37 @@ impl Drop for DurableBroker {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_restart_loses_nothing() {
+/// The idempotent producer is turned off against this broker: tansu 0.6.0's
+/// sqlite engine panics in its storage task when an idempotent producer
+/// resumes after a restart ("more or less than one row", lite.rs:503, in about
+/// one run of six here), and then fails every produce until restarted. Idempotence prevents duplicates, not losses, and
+/// the test allows duplicates.
+fn restart_settings() -> KafkaSettings {
+    let mut settings = KafkaSettings::default();
+    settings
+        .properties
+        .insert("enable.idempotence".into(), "false".into());
+    settings
+}
+
+#[test]
+fn broker_restart_loses_nothing() {
+    // The body runs as a task so that a failure is reported after a bounded
+    // shutdown: dropping a Kafka consumer whose broker is gone blocks in
+    // librdkafka's close, and a plain #[tokio::test] would hang there.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcome = runtime.block_on(async { tokio::spawn(restart_scenario()).await });
+    runtime.shutdown_timeout(Duration::from_secs(10));
+    if let Err(error) = outcome {
+        std::panic::resume_unwind(error.into_panic());
+    }
+}
+
+async fn restart_scenario() {
     let Some(binary) = tansu_binary() else {
         assert!(
             std::env::var("CHEXVISION_REQUIRE_STACK").as_deref() != Ok("1"),
@@ -121,16 +162,17 @@ async fn broker_restart_loses_nothing() {
         .port();
     let mut broker = DurableBroker {
         binary,
-        dir: tempfile::tempdir().unwrap(),
+        dir: tempfile::Builder::new()
+            .prefix("tansu-restart-")
+            .tempdir()
+            .unwrap(),
         port,
         child: None,
     };
     broker.start();
     let broker = Arc::new(Mutex::new(broker));
-
-    let bus = Arc::new(
-        KafkaBus::connect(&format!("127.0.0.1:{port}"), &KafkaSettings::default()).unwrap(),
-    );
+    let bus =
+        Arc::new(KafkaBus::connect(&format!("127.0.0.1:{port}"), &restart_settings()).unwrap());
     let restarter = broker.clone();
     suite::broker_restart_loses_nothing(bus, move || restarter.lock().unwrap().restart()).await;
 }

@@ -195,7 +195,10 @@ pub struct KafkaSettings {
     /// Attempts to publish one record when the broker answers with an error
     /// the client does not retry by itself.
     pub publish_max_attempts: u32,
-    /// Extra librdkafka properties, passed through unchanged.
+    /// Extra librdkafka properties, passed through unchanged. They override
+    /// the bus's own choices (e.g. `enable.idempotence`, `linger.ms`), except
+    /// the consumer's offset handling (`group.id`, `enable.auto.offset.store`,
+    /// `enable.auto.commit`), which acknowledgement depends on.
     pub properties: BTreeMap<String, String>,
 }
 
