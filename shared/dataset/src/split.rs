@@ -20,6 +20,12 @@ impl Split {
             Split::Test => "test",
         }
     }
+
+    pub fn from_name(name: &str) -> Option<Split> {
+        Split::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    pub const ALL: [Split; 3] = [Split::Train, Split::Validation, Split::Test];
 }
 
 /// A stable number in 0..1000 for a patient (sha256, so it does not change
