@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: help test test-unit lint fmt build deps stack-up stack-down stack-status demo clean-stack
+.PHONY: help test test-unit lint fmt build deps stack-up stack-down stack-status demo clean-stack bench
 
 help:
 	@echo "make test        lint, then every test, with the local Kafka broker and S3 server (started if needed)"
@@ -13,6 +13,7 @@ help:
 	@echo "make stack-up    install (first run only) and start tansu + garage on loopback"
 	@echo "make stack-down  stop them"
 	@echo "make demo        send a training request through the local broker and read it back"
+	@echo "make bench       ingest 5,000 synthetic 1024 px images into local S3, beside the aws CLI"
 
 # Everything CI runs. CHEXVISION_REQUIRE_STACK=1 turns a missing server into a
 # failure instead of a skip, so the Kafka and S3 suites really run.
@@ -68,3 +69,7 @@ demo:
 	    | $$bin events send && \
 	  $$bin events decode --topic chexvision.training.requests --idle-secs 3 \
 	    | grep "$$request"
+
+# Benchmarks are measurements, not tests: results go to docs/benchmarks.md.
+bench:
+	scripts/bench_ingest.sh

@@ -2,9 +2,12 @@
 //!
 //! Every command takes `--config FILE`, `--store URI` and `--bus URI` (also
 //! settable in the config file and as `CHEXVISION_STORE` / `CHEXVISION_BUS`).
-//! Commands: `events send|decode|example` (JSON to protobuf events on a topic
-//! and back) and `topics create`. Later: synth, ingest, preprocess, train,
-//! evaluate, serve, demo, registry.
+//! Commands: `synth` (synthetic chest X-rays in the NIH layout), `ingest`
+//! (a source to Parquet shards, announced), `events send|decode|example`
+//! (JSON to protobuf events on a topic and back) and `topics create`. Later:
+//! preprocess, train, evaluate, serve, demo, registry.
+
+pub mod data;
 
 use std::{
     io::{Read, Write},
@@ -44,6 +47,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Write synthetic chest X-rays (PNG + Data_Entry CSV, the NIH layout).
+    Synth(data::SynthArgs),
+    /// Ingest a source into Parquet shards in the store, announced on the bus.
+    Ingest(data::IngestArgs),
     /// Send and read platform events as JSON.
     #[command(subcommand)]
     Events(EventsCommand),
@@ -129,6 +136,8 @@ impl Cli {
 pub async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
     let config = cli.load_config()?;
     match cli.command {
+        Command::Synth(args) => data::synth(args, &config, out).await,
+        Command::Ingest(args) => data::ingest(args, &config, out).await,
         Command::Events(EventsCommand::Send {
             topic,
             key,
