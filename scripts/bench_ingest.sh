@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): ingest of N synthetic PNGs into the local S3 server,
-# side by side in one run with uploading the same image files with the `aws`
-# CLI (PyPI awscli), the upper bound for moving those bytes.
+# side by side in one run with the `aws` CLI (PyPI awscli) uploading
+#   a) the same image files, one object each (what a plain copy would do), and
+#   b) the shard files ingest produced (same bytes, same object sizes: the
+#      upper bound for moving what ingest moves).
+# The shards for (b) come from an ingest into a local folder, also timed.
 #
 #   make stack-up && pip install awscli && scripts/bench_ingest.sh [N] [SIZE]
 #
@@ -33,14 +36,30 @@ t1=$(now)
 aws s3 cp --quiet --recursive "$SRC/images" "s3://$BUCKET/bench-aws-$STAMP/images" \
   --endpoint-url "$CHEXVISION_S3__ENDPOINT" --region "$CHEXVISION_S3__REGION"
 t2=$(now)
+LOCAL=$WORK/local-store-$STAMP
+"$BIN" --store "file://$LOCAL" --bus memory:// ingest --quiet --source "$SRC" --dataset-id "bench"
+t3=$(now)
+aws s3 cp --quiet --recursive "$LOCAL/datasets/bench/raw" "s3://$BUCKET/bench-aws-shards-$STAMP/raw" \
+  --endpoint-url "$CHEXVISION_S3__ENDPOINT" --region "$CHEXVISION_S3__REGION"
+t4=$(now)
+SHARDS=$(find "$LOCAL/datasets/bench/raw" -name '*.parquet' | wc -l)
+rm -rf "$LOCAL"
 
-python3 - "$N" "$BYTES" "$t0" "$t1" "$t2" <<'PY'
+python3 - "$N" "$BYTES" "$SHARDS" "$t0" "$t1" "$t2" "$t3" "$t4" <<'PY'
 import sys
-n, size, t0, t1, t2 = int(sys.argv[1]), int(sys.argv[2]), *map(float, sys.argv[3:])
-ours, aws = t1 - t0, t2 - t1
+n, size, shards = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+t0, t1, t2, t3, t4 = map(float, sys.argv[4:])
 mb = size / 1e6
+rows = [
+    ("chexvision ingest -> S3", t1 - t0),
+    (f"aws s3 cp, {n} image objects", t2 - t1),
+    ("chexvision ingest -> local folder", t3 - t2),
+    (f"aws s3 cp, the {shards} shard files", t4 - t3),
+]
 print(f"images: {n}, {mb:.1f} MB of PNG")
-print(f"chexvision ingest: {ours:7.1f} s  {n/ours:8.1f} images/s  {mb/ours:7.1f} MB/s")
-print(f"aws s3 cp:         {aws:7.1f} s  {n/aws:8.1f} images/s  {mb/aws:7.1f} MB/s")
-print(f"ratio ingest/aws (throughput): {aws/ours:.2f}")
+for name, seconds in rows:
+    print(f"{name:38s} {seconds:7.1f} s {n/seconds:8.1f} images/s {mb/seconds:7.1f} MB/s")
+ours = rows[0][1]
+print(f"ratio ingest / aws per-image copy (throughput): {rows[1][1]/ours:.2f}")
+print(f"ratio ingest / aws upload of the same shards (throughput): {rows[3][1]/ours:.2f}")
 PY
