@@ -161,7 +161,13 @@ pub async fn ingest(
     }
     let problems = chexvision_config::Validate::validate(&settings);
     if let Some((key, why)) = problems.first() {
-        bail!("{} {why}", key.replace("service.", "--").replace('_', "-"));
+        let flag = match key.as_str() {
+            "shard_target_rows" => "--shard-rows",
+            "shard_target_bytes" => "--shard-bytes",
+            "max_rejected_share" => "--max-rejected-share",
+            other => other,
+        };
+        bail!("{flag} {why}");
     }
     let store = chexvision_store::open(&config.store, &config.s3).await?;
     let bus = chexvision_bus::connect(&config.bus, &config.kafka)?;

@@ -127,3 +127,41 @@ fn training_request_round_trip_through_kafka() {
     assert_eq!(meta["producer"], "chexvision-cli");
     assert_eq!(meta["correlationId"], meta["eventId"]);
 }
+
+#[test]
+fn bad_ingest_flag_is_named() {
+    let output = chexvision()
+        .args(["--bus", "memory://", "ingest", "--source", "/nonexistent"])
+        .args(["--dataset-id", "x", "--max-rejected-share", "2"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--max-rejected-share must be between 0 and 1"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_source_folder_is_named() {
+    let store = tempfile::tempdir().unwrap();
+    let output = chexvision()
+        .args(["--bus", "memory://", "--store"])
+        .arg(format!("file://{}", store.path().display()))
+        .args([
+            "ingest",
+            "--source",
+            "/nonexistent/nih",
+            "--dataset-id",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("/nonexistent/nih is not a folder"),
+        "{stderr}"
+    );
+}

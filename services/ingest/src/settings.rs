@@ -41,7 +41,7 @@ impl Validate for IngestSettings {
         let mut problems = Vec::new();
         let mut check = |ok: bool, key: &str, why: &str| {
             if !ok {
-                problems.push((format!("service.{key}"), why.to_owned()));
+                problems.push((key.to_owned(), why.to_owned()));
             }
         };
         check(
