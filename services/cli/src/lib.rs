@@ -259,7 +259,7 @@ pub fn topic_for(event: &Envelope, topics: &Topics) -> Option<String> {
     let topic = match event.body.as_ref()? {
         Body::IngestRequested(_) => &topics.ingest_requests,
         Body::ShardWritten(shard) if shard.stage() == ShardStage::Ready => &topics.shards_ready,
-        Body::ShardWritten(_) => &topics.shards_raw,
+        Body::ShardWritten(_) | Body::DatasetIngested(_) => &topics.shards_raw,
         Body::DatasetReady(_) => &topics.datasets,
         Body::TrainingRequested(_) => &topics.training_requests,
         Body::CheckpointCreated(_) => &topics.checkpoints,

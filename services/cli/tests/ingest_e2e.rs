@@ -46,8 +46,9 @@ fn stack() -> Option<Stack> {
     Some(Stack { config, bucket })
 }
 
-/// The sha256 of every shard announced on `topic`, in order.
-fn announcements(topic: &str) -> Vec<String> {
+/// The sha256 of every shard announced on `topic`, in order, and the number
+/// of completion (`DatasetIngested`) events.
+fn announcements(topic: &str) -> (Vec<String>, usize) {
     let output = chexvision()
         .args(["events", "decode", "--topic", topic, "--idle-secs", "4"])
         .output()
@@ -57,15 +58,20 @@ fn announcements(topic: &str) -> Vec<String> {
         "decode: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| {
-            let value: serde_json::Value = serde_json::from_str(line).unwrap();
-            let shard = &value["event"]["shardWritten"]["shard"];
-            assert_eq!(value["key"], shard["sha256"], "keyed by content hash");
-            shard["sha256"].as_str().unwrap().to_owned()
-        })
-        .collect()
+    let mut shards = Vec::new();
+    let mut completions = 0;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let Some(done) = value["event"].get("datasetIngested") {
+            assert_eq!(value["key"], done["datasetId"], "keyed by dataset id");
+            completions += 1;
+            continue;
+        }
+        let shard = &value["event"]["shardWritten"]["shard"];
+        assert_eq!(value["key"], shard["sha256"], "keyed by content hash");
+        shards.push(shard["sha256"].as_str().unwrap().to_owned());
+    }
+    (shards, completions)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,7 +134,8 @@ async fn killed_ingest_resumes_without_duplicates() {
         store.head("datasets/e2e/manifest.json").await.is_err(),
         "the killed run must not have finished ({after_kill} shards)"
     );
-    let announced_before_resume = announcements(&topic).len();
+    let (before_resume, completions) = announcements(&topic);
+    assert_eq!(completions, 0, "the killed run announced completion");
 
     // Second run completes the dataset.
     let output = ingest().output().unwrap();
@@ -174,7 +181,8 @@ async fn killed_ingest_resumes_without_duplicates() {
     }
 
     // Every shard announced; only the shard the kill interrupted may repeat.
-    let announced = announcements(&topic);
+    let (announced, completions) = announcements(&topic);
+    assert_eq!(completions, 1);
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for sha in &announced {
         *counts.entry(sha.as_str()).or_default() += 1;
@@ -183,13 +191,13 @@ async fn killed_ingest_resumes_without_duplicates() {
     assert_eq!(counts.keys().copied().collect::<BTreeSet<_>>(), hashes);
     let repeated = counts.values().filter(|n| **n > 1).count();
     assert!(repeated <= 1, "{repeated} shards announced more than once");
-    assert!(announced_before_resume >= 3);
+    assert!(before_resume.len() >= 3);
 
     // A third run changes and announces nothing.
     let output = ingest().output().unwrap();
     assert!(output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains("0 written"));
-    assert_eq!(announcements(&topic).len(), announced.len());
+    assert_eq!(announcements(&topic), (announced.clone(), 1));
 
     // A shard reads back: rows, labels and images intact.
     let first = &manifest.shards[0];

@@ -24,7 +24,7 @@ use chexvision_dataset::{
     probe_image, write_shard, LabelSet, Manifest, ManifestShard, ManifestSource, RejectedImage,
     ShardOptions, ShardRow, Split,
 };
-use chexvision_events::{Envelope, ObjectRef, ShardStage, ShardWritten};
+use chexvision_events::{DatasetIngested, Envelope, ObjectRef, ShardStage, ShardWritten};
 use chexvision_store::{ObjectStore, StoreError};
 use futures::{stream, StreamExt};
 use tokio::sync::{Mutex, Semaphore};
@@ -99,6 +99,9 @@ pub struct IngestReport {
     pub shards_written: u32,
     /// Shards an earlier run had finished.
     pub shards_skipped: u32,
+    /// Whether this run announced the dataset's completion (`DatasetIngested`);
+    /// false when an earlier run announced the same manifest.
+    pub completion_announced: bool,
 }
 
 pub fn validate_dataset_id(id: &str) -> Result<(), IngestError> {
@@ -432,17 +435,69 @@ impl Ingest {
             .store
             .put(&manifest_key(&run.dataset_id), Bytes::from(json))
             .await?;
+        let completion_announced = run.announce_completion(&manifest, &receipt).await?;
         Ok(IngestReport {
             manifest,
             manifest_uri: receipt.uri,
             manifest_sha256: receipt.sha256,
             shards_written,
             shards_skipped,
+            completion_announced,
         })
     }
 }
 
 impl Run {
+    /// Announces `DatasetIngested` unless this manifest was announced before.
+    async fn announce_completion(
+        &self,
+        manifest: &Manifest,
+        receipt: &chexvision_store::PutReceipt,
+    ) -> Result<bool, IngestError> {
+        let mut state = self.state.lock().await;
+        if state.manifest_announced.as_deref() == Some(receipt.sha256.as_str()) {
+            return Ok(false);
+        }
+        let body = DatasetIngested {
+            dataset_id: self.dataset_id.clone(),
+            manifest: Some(ObjectRef {
+                uri: receipt.uri.clone(),
+                sha256: receipt.sha256.clone(),
+                size_bytes: receipt.size,
+            }),
+            shard_count: u32::try_from(manifest.shards.len()).unwrap_or(u32::MAX),
+            rows_per_split: manifest.rows_per_split.clone().into_iter().collect(),
+            rejected_count: manifest.rejected_total,
+            synthetic: manifest.synthetic,
+        };
+        let event = match &self.cause {
+            Some(cause) => Envelope::caused_by(cause, body, PRODUCER),
+            None => Envelope::new(body, PRODUCER),
+        };
+        publish_event(
+            self.ingest.bus.as_ref(),
+            &self.ingest.topics.shards_raw,
+            &self.dataset_id,
+            &event,
+        )
+        .await?;
+        state.manifest_announced = Some(receipt.sha256.clone());
+        self.save_state(&state).await?;
+        Ok(true)
+    }
+
+    async fn save_state(&self, state: &IngestState) -> Result<(), IngestError> {
+        let json = serde_json::to_vec(state).map_err(|e| IngestError::State {
+            key: state_key(&self.dataset_id),
+            detail: e.to_string(),
+        })?;
+        self.ingest
+            .store
+            .put(&state_key(&self.dataset_id), Bytes::from(json))
+            .await?;
+        Ok(())
+    }
+
     async fn finish_shard(
         &self,
         key: &str,
@@ -507,14 +562,7 @@ impl Run {
         }
         let mut state = self.state.lock().await;
         state.shards.insert(key.to_owned(), done.clone());
-        let json = serde_json::to_vec(&*state).map_err(|e| IngestError::State {
-            key: state_key(&self.dataset_id),
-            detail: e.to_string(),
-        })?;
-        self.ingest
-            .store
-            .put(&state_key(&self.dataset_id), Bytes::from(json))
-            .await?;
+        self.save_state(&state).await?;
         Ok(ShardOutcome::Written(done))
     }
 

@@ -29,6 +29,9 @@ pub struct IngestState {
     pub fingerprint: Fingerprint,
     /// Finished shards by key.
     pub shards: BTreeMap<String, DoneShard>,
+    /// sha256 of the manifest whose `DatasetIngested` was announced.
+    #[serde(default)]
+    pub manifest_announced: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +64,7 @@ impl IngestState {
             format_version: STATE_FORMAT_VERSION,
             fingerprint,
             shards: BTreeMap::new(),
+            manifest_announced: None,
         }
     }
 }

@@ -116,8 +116,8 @@ impl Harness {
         }
     }
 
-    /// Every ShardWritten on the raw topic so far.
-    async fn announced(&self, group: &str) -> Vec<(String, chexvision_events::ShardWritten)> {
+    /// Every event on the raw topic so far, with its record key.
+    async fn raw_events(&self, group: &str) -> Vec<(String, Body)> {
         let mut subscription = self
             .bus
             .subscribe(group, std::slice::from_ref(&self.topics.shards_raw))
@@ -132,12 +132,36 @@ impl Harness {
         .into_iter()
         .map(|d| {
             let event = Envelope::decode_checked(&d.payload).unwrap();
-            let Some(Body::ShardWritten(shard)) = event.body else {
-                panic!("not a shard event: {event:?}")
-            };
-            (String::from_utf8(d.key).unwrap(), shard)
+            (String::from_utf8(d.key).unwrap(), event.body.unwrap())
         })
         .collect()
+    }
+
+    /// Every ShardWritten on the raw topic so far.
+    async fn announced(&self, group: &str) -> Vec<(String, chexvision_events::ShardWritten)> {
+        self.raw_events(group)
+            .await
+            .into_iter()
+            .filter_map(|(key, body)| match body {
+                Body::ShardWritten(shard) => Some((key, shard)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every DatasetIngested on the raw topic so far.
+    async fn completions(&self, group: &str) -> Vec<chexvision_events::DatasetIngested> {
+        self.raw_events(group)
+            .await
+            .into_iter()
+            .filter_map(|(key, body)| match body {
+                Body::DatasetIngested(done) => {
+                    assert_eq!(key, done.dataset_id, "keyed by dataset id");
+                    Some(done)
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     async fn manifest(&self, id: &str) -> Manifest {
@@ -230,6 +254,17 @@ async fn nih_layout_with_broken_files() {
         assert!(manifest.shards.iter().any(|s| s.sha256 == shard.sha256));
     }
 
+    // Then the completion, once, naming the manifest.
+    let completions = h.completions("check-1c").await;
+    assert_eq!(completions.len(), 1);
+    let done = &completions[0];
+    let manifest_ref = done.manifest.as_ref().unwrap();
+    assert_eq!(manifest_ref.sha256, report.manifest_sha256);
+    assert_eq!(done.shard_count as usize, manifest.shards.len());
+    assert_eq!(done.rows_per_split["test"], 8);
+    assert_eq!(done.rejected_count, 4);
+    assert!(report.completion_announced);
+
     // The same ingest again: same manifest, nothing announced.
     let source = Source::open(
         &source_dir.path().display().to_string(),
@@ -248,6 +283,8 @@ async fn nih_layout_with_broken_files() {
         (0, report.shards_written)
     );
     assert_eq!(h.announced("check-2").await.len(), announced.len());
+    assert!(!again.completion_announced);
+    assert_eq!(h.completions("check-2c").await.len(), 1);
 
     // Other settings under the same id are refused, not mixed in.
     let source = Source::open(

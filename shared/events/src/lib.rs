@@ -60,10 +60,11 @@ pub enum EventKind {
     EvaluationCompleted,
     ModelPromoted,
     DeadLetter,
+    DatasetIngested,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::IngestRequested,
         EventKind::ShardWritten,
         EventKind::DatasetReady,
@@ -72,6 +73,7 @@ impl EventKind {
         EventKind::EvaluationCompleted,
         EventKind::ModelPromoted,
         EventKind::DeadLetter,
+        EventKind::DatasetIngested,
     ];
 
     /// The body's field name in JSON (canonical proto3 mapping).
@@ -85,6 +87,7 @@ impl EventKind {
             EventKind::EvaluationCompleted => "evaluationCompleted",
             EventKind::ModelPromoted => "modelPromoted",
             EventKind::DeadLetter => "deadLetter",
+            EventKind::DatasetIngested => "datasetIngested",
         }
     }
 
@@ -110,6 +113,7 @@ impl Body {
             Body::EvaluationCompleted(_) => EventKind::EvaluationCompleted,
             Body::ModelPromoted(_) => EventKind::ModelPromoted,
             Body::DeadLetter(_) => EventKind::DeadLetter,
+            Body::DatasetIngested(_) => EventKind::DatasetIngested,
         }
     }
 }
@@ -132,6 +136,7 @@ body_from!(
     EvaluationCompleted,
     ModelPromoted,
     DeadLetter,
+    DatasetIngested,
 );
 
 /// Current time as a protobuf timestamp.
