@@ -131,6 +131,96 @@ async fn upload_folder(folder: &Path, store: &dyn chexvision_store::ObjectStore)
     Ok(())
 }
 
+#[derive(Debug, Args)]
+pub struct PreprocessArgs {
+    /// Dataset to preprocess (ingested before: its manifest is read).
+    #[arg(long)]
+    pub dataset_id: String,
+    /// Edge of the square ready images, in pixels.
+    #[arg(long, default_value_t = 320)]
+    pub size: u32,
+    /// How ready images are stored: raw 8-bit pixels or PNG.
+    #[arg(long, value_enum, default_value_t = ReadyFormatArg::Raw)]
+    pub format: ReadyFormatArg,
+    /// No progress bar (for logs).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ReadyFormatArg {
+    Raw,
+    Png,
+}
+
+pub async fn preprocess(
+    args: PreprocessArgs,
+    config: &PlatformConfig,
+    out: &mut (dyn Write + Send),
+) -> Result<()> {
+    let settings = chexvision_preprocess::PreprocessSettings {
+        size_px: args.size,
+        ready_format: match args.format {
+            ReadyFormatArg::Raw => chexvision_preprocess::ReadyFormat::Raw,
+            ReadyFormatArg::Png => chexvision_preprocess::ReadyFormat::Png,
+        },
+        ..Default::default()
+    };
+    if let Some((key, why)) = chexvision_config::Validate::validate(&settings).first() {
+        let flag = if key == "size_px" { "--size" } else { key };
+        bail!("{flag} {why}");
+    }
+    let store = chexvision_store::open(&config.store, &config.s3).await?;
+    let bus = chexvision_bus::connect(&config.bus, &config.kafka)?;
+    bus.create_topics(&[
+        TopicSpec::new(&config.topics.shards_ready, config.kafka.partitions),
+        TopicSpec::new(&config.topics.datasets, config.kafka.partitions),
+    ])
+    .await?;
+    let preprocess = chexvision_preprocess::Preprocess {
+        store,
+        bus,
+        topics: config.topics.clone(),
+        settings,
+    };
+    let progress = bar(0, args.quiet, "preprocess shards");
+    let started = Instant::now();
+    let (outcomes, ready) = preprocess
+        .run_dataset(&args.dataset_id, &|done, total| {
+            progress.set_length(total as u64);
+            progress.set_position(done as u64);
+        })
+        .await?;
+    progress.finish_and_clear();
+    let (mut written, mut skipped, mut rows, mut rejected) = (0, 0, 0, 0);
+    for outcome in &outcomes {
+        let shard = match outcome {
+            chexvision_preprocess::ShardOutcome::Written(s) => {
+                written += 1;
+                s
+            }
+            chexvision_preprocess::ShardOutcome::Skipped(s) => {
+                skipped += 1;
+                s
+            }
+        };
+        rows += shard.rows;
+        rejected += shard.rejected.len();
+    }
+    writeln!(
+        out,
+        "dataset {} at {} px: {rows} images ready, {rejected} rejected; shards: {written} written, {skipped} already done; in {:.1} s",
+        args.dataset_id,
+        args.size,
+        started.elapsed().as_secs_f64()
+    )?;
+    match ready {
+        Some(_) => writeln!(out, "announced: dataset ready")?,
+        None => writeln!(out, "dataset ready was announced before")?,
+    }
+    Ok(())
+}
+
 /// Progress of an ingest as a terminal bar.
 struct BarProgress(ProgressBar);
 

@@ -3,9 +3,9 @@
 //! Every command takes `--config FILE`, `--store URI` and `--bus URI` (also
 //! settable in the config file and as `CHEXVISION_STORE` / `CHEXVISION_BUS`).
 //! Commands: `synth` (synthetic chest X-rays in the NIH layout), `ingest`
-//! (a source to Parquet shards, announced), `events send|decode|example`
-//! (JSON to protobuf events on a topic and back) and `topics create`. Later:
-//! preprocess, train, evaluate, serve, demo, registry.
+//! (a source to Parquet shards, announced), `preprocess` (ready shards),
+//! `events send|decode|example` (JSON to protobuf events on a topic and back)
+//! and `topics create`. Later: train, evaluate, serve, demo, registry.
 
 pub mod data;
 
@@ -51,6 +51,8 @@ pub enum Command {
     Synth(data::SynthArgs),
     /// Ingest a source into Parquet shards in the store, announced on the bus.
     Ingest(data::IngestArgs),
+    /// Make the ready shards (decoded, resized, CLAHE) of an ingested dataset.
+    Preprocess(data::PreprocessArgs),
     /// Send and read platform events as JSON.
     #[command(subcommand)]
     Events(EventsCommand),
@@ -138,6 +140,7 @@ pub async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
     match cli.command {
         Command::Synth(args) => data::synth(args, &config, out).await,
         Command::Ingest(args) => data::ingest(args, &config, out).await,
+        Command::Preprocess(args) => data::preprocess(args, &config, out).await,
         Command::Events(EventsCommand::Send {
             topic,
             key,

@@ -10,6 +10,9 @@ use std::fmt;
 pub enum ImageFormat {
     Png,
     Jpeg,
+    /// Raw 8-bit grayscale pixels, row-major (ready shards; the size is the
+    /// shard's `chexvision.image_size_px`).
+    Gray8,
 }
 
 impl fmt::Display for ImageFormat {
@@ -17,6 +20,7 @@ impl fmt::Display for ImageFormat {
         f.write_str(match self {
             ImageFormat::Png => "png",
             ImageFormat::Jpeg => "jpeg",
+            ImageFormat::Gray8 => "gray8",
         })
     }
 }

@@ -295,6 +295,7 @@ fn decode_row(index: usize, row: &Row) -> Result<ShardRow, ShardError> {
     let image_format = match text("image_format")?.as_str() {
         "png" => ImageFormat::Png,
         "jpeg" => ImageFormat::Jpeg,
+        "gray8" => ImageFormat::Gray8,
         other => return Err(bad("image_format", format!("unknown: {other}"))),
     };
     let image = match field("image")? {

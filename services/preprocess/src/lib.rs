@@ -1,0 +1,504 @@
+//! The preprocess service: turns each raw shard into a ready shard (decoded,
+//! resized to `size_px` square, contrast-equalised with CLAHE) under
+//! `datasets/{id}/ready/{size}px/{split}/shard-{n:05}.parquet`, announces it
+//! on `chexvision.shards.ready`, and announces `DatasetReady` on
+//! `chexvision.datasets` once every shard of the dataset's manifest is ready.
+//!
+//! Idempotent: each ready shard is recorded with the sha256 of the raw shard
+//! it came from, so a redelivered event does no work and announces nothing;
+//! `DatasetReady` is recorded too. A corrupt image is set aside with its
+//! reason; the rest of its shard is kept.
+
+pub mod service;
+pub mod settings;
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use bytes::Bytes;
+use chexvision_bus::{publish_event, Bus, BusError};
+use chexvision_config::Topics;
+use chexvision_dataset::{
+    read_shard, write_shard, ImageFormat, Manifest, RejectedImage, ShardOptions, ShardRow, Split,
+};
+use chexvision_events::{DatasetReady, Envelope, ObjectRef, ShardStage, ShardWritten};
+use chexvision_store::{sha256_hex, ObjectStore, StoreError};
+use chexvision_vision::{clahe, decode_gray8, resize_gray8, DecodeLimits, ResizeFilter};
+use serde::{Deserialize, Serialize};
+
+pub use settings::{PreprocessSettings, ReadyFormat};
+
+pub const PRODUCER: &str = "chexvision-preprocess";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreprocessError {
+    /// The event cannot be acted on; retrying will not help.
+    #[error("bad event: {0}")]
+    BadEvent(String),
+    #[error(
+        "raw shard {key} has sha256 {found}, the event announced {expected}: \
+         the dataset was re-ingested differently"
+    )]
+    Stale {
+        key: String,
+        found: String,
+        expected: String,
+    },
+    #[error("no manifest at {0}: ingest the dataset first")]
+    NoManifest(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("shard {key}: {detail}")]
+    Shard { key: String, detail: String },
+}
+
+/// What preprocessing one raw shard did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadyShard {
+    pub split: String,
+    pub index: u32,
+    pub raw_sha256: String,
+    pub key: String,
+    pub uri: String,
+    /// Empty when every image of the raw shard was rejected.
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub rows: u64,
+    pub rejected: Vec<RejectedImage>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ShardOutcome {
+    Written(ReadyShard),
+    /// Done before (a redelivery): nothing written or announced.
+    Skipped(ReadyShard),
+}
+
+pub fn ready_key(dataset_id: &str, size_px: u32, split: Split, index: u32) -> String {
+    format!(
+        "datasets/{dataset_id}/ready/{size_px}px/{}/shard-{index:05}.parquet",
+        split.name()
+    )
+}
+
+fn raw_key(dataset_id: &str, split: Split, index: u32) -> String {
+    format!(
+        "datasets/{dataset_id}/raw/{}/shard-{index:05}.parquet",
+        split.name()
+    )
+}
+
+fn state_key(dataset_id: &str, size_px: u32, split: &str, index: u32) -> String {
+    format!("datasets/{dataset_id}/ready/{size_px}px/state/{split}-{index:05}.json")
+}
+
+fn dataset_ready_key(dataset_id: &str, size_px: u32) -> String {
+    format!("datasets/{dataset_id}/ready/{size_px}px/dataset-ready.json")
+}
+
+fn split_of(proto: i32) -> Option<Split> {
+    match chexvision_events::Split::try_from(proto).ok()? {
+        chexvision_events::Split::Train => Some(Split::Train),
+        chexvision_events::Split::Validation => Some(Split::Validation),
+        chexvision_events::Split::Test => Some(Split::Test),
+        chexvision_events::Split::Unspecified => None,
+    }
+}
+
+fn proto_split(split: Split) -> chexvision_events::Split {
+    match split {
+        Split::Train => chexvision_events::Split::Train,
+        Split::Validation => chexvision_events::Split::Validation,
+        Split::Test => chexvision_events::Split::Test,
+    }
+}
+
+/// Decodes, resizes and equalises one image; returns the stored bytes.
+pub fn prepare_image(
+    bytes: &[u8],
+    settings: &PreprocessSettings,
+) -> Result<Vec<u8>, chexvision_vision::VisionError> {
+    let limits = DecodeLimits {
+        max_pixels: settings.max_image_pixels,
+        max_bytes: settings.max_image_bytes,
+    };
+    let image = decode_gray8(bytes, &limits)?;
+    let resized = resize_gray8(
+        &image,
+        settings.size_px,
+        settings.size_px,
+        ResizeFilter::Bilinear,
+    )?;
+    let equalised = clahe(
+        &resized,
+        settings.clahe_clip_limit,
+        (settings.clahe_tiles, settings.clahe_tiles),
+    )?;
+    match settings.ready_format {
+        ReadyFormat::Raw => Ok(equalised.pixels),
+        ReadyFormat::Png => encode_png(equalised.width, equalised.height, &equalised.pixels)
+            .map_err(|detail| chexvision_vision::VisionError::InvalidParameter { detail }),
+    }
+}
+
+fn encode_png(width: u32, height: u32, pixels: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Fast);
+    let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
+    writer.write_image_data(pixels).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Prepares every row of a raw shard (on all cores); corrupt images are set
+/// aside with the reason.
+fn prepare_rows(
+    rows: Vec<ShardRow>,
+    settings: &PreprocessSettings,
+) -> (Vec<ShardRow>, Vec<RejectedImage>) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = rows.len().div_ceil(threads).max(1);
+    let results: Vec<Result<ShardRow, RejectedImage>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = rows
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|row| match prepare_image(&row.image, settings) {
+                            Ok(bytes) => Ok(ShardRow {
+                                image_format: match settings.ready_format {
+                                    ReadyFormat::Raw => ImageFormat::Gray8,
+                                    ReadyFormat::Png => ImageFormat::Png,
+                                },
+                                image: Bytes::from(bytes),
+                                ..row.clone()
+                            }),
+                            Err(e) => Err(RejectedImage {
+                                image: row.filename.clone(),
+                                reason: format!("undecodable: {e}"),
+                            }),
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    vec![Err(RejectedImage {
+                        image: "?".into(),
+                        reason: "worker panicked".into(),
+                    })]
+                })
+            })
+            .collect()
+    });
+    let mut ready = Vec::with_capacity(results.len());
+    let mut rejected = Vec::new();
+    for result in results {
+        match result {
+            Ok(row) => ready.push(row),
+            Err(r) => rejected.push(r),
+        }
+    }
+    (ready, rejected)
+}
+
+#[derive(Clone)]
+pub struct Preprocess {
+    pub store: Arc<dyn ObjectStore>,
+    pub bus: Arc<dyn Bus>,
+    pub topics: Topics,
+    pub settings: PreprocessSettings,
+}
+
+impl Preprocess {
+    async fn get_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, PreprocessError> {
+        match self.store.get(key).await {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| PreprocessError::Shard {
+                        key: key.to_owned(),
+                        detail: format!("unreadable JSON: {e}"),
+                    })
+            }
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn put_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), PreprocessError> {
+        let json = serde_json::to_vec_pretty(value).map_err(|e| PreprocessError::Shard {
+            key: key.to_owned(),
+            detail: e.to_string(),
+        })?;
+        self.store.put(key, Bytes::from(json)).await?;
+        Ok(())
+    }
+
+    /// Makes the ready shard of one raw shard announcement.
+    pub async fn process_raw_shard(
+        &self,
+        raw: &ShardWritten,
+        cause: Option<&Envelope>,
+    ) -> Result<ShardOutcome, PreprocessError> {
+        if raw.stage() != ShardStage::Raw {
+            return Err(PreprocessError::BadEvent(format!(
+                "expected a raw shard, got stage {:?}",
+                raw.stage()
+            )));
+        }
+        let split = split_of(raw.split)
+            .ok_or_else(|| PreprocessError::BadEvent(format!("unknown split {}", raw.split)))?;
+        let shard_ref = raw
+            .shard
+            .as_ref()
+            .filter(|s| !s.sha256.is_empty())
+            .ok_or_else(|| PreprocessError::BadEvent("no shard sha256".into()))?;
+        if raw.dataset_id.is_empty() || raw.dataset_id.contains('/') {
+            return Err(PreprocessError::BadEvent(format!(
+                "invalid dataset id `{}`",
+                raw.dataset_id
+            )));
+        }
+        let size = self.settings.size_px;
+        let state = state_key(&raw.dataset_id, size, split.name(), raw.shard_index);
+        if let Some(done) = self.get_json::<ReadyShard>(&state).await? {
+            if done.raw_sha256 == shard_ref.sha256 {
+                return Ok(ShardOutcome::Skipped(done));
+            }
+        }
+        let source_key = raw_key(&raw.dataset_id, split, raw.shard_index);
+        let bytes = self.store.get(&source_key).await?;
+        let found = sha256_hex(&bytes);
+        if found != shard_ref.sha256 {
+            return Err(PreprocessError::Stale {
+                key: source_key,
+                found,
+                expected: shard_ref.sha256.clone(),
+            });
+        }
+        let key = ready_key(&raw.dataset_id, size, split, raw.shard_index);
+        let settings = self.settings.clone();
+        let dataset_id = raw.dataset_id.clone();
+        let shard_error = |detail: String| PreprocessError::Shard {
+            key: source_key.clone(),
+            detail,
+        };
+        let (encoded, rows, rejected) = tokio::task::spawn_blocking(move || {
+            let reader = read_shard(bytes).map_err(|e| e.to_string())?;
+            let synthetic = reader
+                .metadata()
+                .iter()
+                .find(|(k, _)| k == "chexvision.synthetic")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| "false".into());
+            let rows: Vec<ShardRow> = reader
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+            let (ready, rejected) = prepare_rows(rows, &settings);
+            let count = ready.len() as u64;
+            if ready.is_empty() {
+                return Ok((None, 0, rejected));
+            }
+            let options = ShardOptions {
+                row_group_rows: settings.row_group_rows as usize,
+                metadata: vec![
+                    ("chexvision.dataset_id".into(), dataset_id),
+                    ("chexvision.stage".into(), "ready".into()),
+                    (
+                        "chexvision.image_size_px".into(),
+                        settings.size_px.to_string(),
+                    ),
+                    (
+                        "chexvision.ready_format".into(),
+                        settings.ready_format.name().into(),
+                    ),
+                    (
+                        "chexvision.clahe".into(),
+                        format!(
+                            "clip {} tiles {}x{}",
+                            settings.clahe_clip_limit, settings.clahe_tiles, settings.clahe_tiles
+                        ),
+                    ),
+                    ("chexvision.synthetic".into(), synthetic),
+                ],
+                ..ShardOptions::default()
+            };
+            let encoded = write_shard(&ready, &options).map_err(|e| e.to_string())?;
+            Ok::<_, String>((Some(encoded), count, rejected))
+        })
+        .await
+        .map_err(|e| shard_error(e.to_string()))?
+        .map_err(shard_error)?;
+
+        let mut done = ReadyShard {
+            split: split.name().to_owned(),
+            index: raw.shard_index,
+            raw_sha256: shard_ref.sha256.clone(),
+            key: key.clone(),
+            uri: String::new(),
+            sha256: String::new(),
+            size_bytes: 0,
+            rows,
+            rejected,
+        };
+        if let Some(encoded) = encoded {
+            let receipt = self.store.put(&key, Bytes::from(encoded)).await?;
+            done.uri = receipt.uri;
+            done.sha256 = receipt.sha256;
+            done.size_bytes = receipt.size;
+            let body = ShardWritten {
+                dataset_id: raw.dataset_id.clone(),
+                stage: ShardStage::Ready as i32,
+                split: proto_split(split) as i32,
+                shard_index: raw.shard_index,
+                shard: Some(ObjectRef {
+                    uri: done.uri.clone(),
+                    sha256: done.sha256.clone(),
+                    size_bytes: done.size_bytes,
+                }),
+                row_count: done.rows,
+                image_size_px: size,
+                manifest: raw.manifest.clone(),
+            };
+            let event = match cause {
+                Some(cause) => Envelope::caused_by(cause, body, PRODUCER),
+                None => Envelope::new(body, PRODUCER),
+            };
+            publish_event(
+                self.bus.as_ref(),
+                &self.topics.shards_ready,
+                &done.sha256,
+                &event,
+            )
+            .await?;
+        }
+        self.put_json(&state, &done).await?;
+        Ok(ShardOutcome::Written(done))
+    }
+
+    /// Announces `DatasetReady` when the manifest exists and every shard of it
+    /// is ready (from the raw shard the manifest names). Returns the event's
+    /// body when this call announced it.
+    pub async fn check_complete(
+        &self,
+        dataset_id: &str,
+        cause: Option<&Envelope>,
+    ) -> Result<Option<DatasetReady>, PreprocessError> {
+        let manifest_key = format!("datasets/{dataset_id}/manifest.json");
+        let manifest_bytes = match self.store.get(&manifest_key).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let manifest: Manifest =
+            serde_json::from_slice(&manifest_bytes).map_err(|e| PreprocessError::Shard {
+                key: manifest_key.clone(),
+                detail: format!("unreadable manifest: {e}"),
+            })?;
+        let manifest_sha = sha256_hex(&manifest_bytes);
+        let size = self.settings.size_px;
+        let marker = dataset_ready_key(dataset_id, size);
+        if let Some(previous) = self.get_json::<ObjectRefRecord>(&marker).await? {
+            if previous.manifest_sha256 == manifest_sha {
+                return Ok(None);
+            }
+        }
+        let mut rows_per_split: BTreeMap<String, u64> = BTreeMap::new();
+        for shard in &manifest.shards {
+            let state = state_key(dataset_id, size, &shard.split, shard.index);
+            let Some(done) = self.get_json::<ReadyShard>(&state).await? else {
+                return Ok(None);
+            };
+            if done.raw_sha256 != shard.sha256 {
+                return Ok(None);
+            }
+            *rows_per_split.entry(shard.split.clone()).or_default() += done.rows;
+        }
+        let body = DatasetReady {
+            dataset_id: dataset_id.to_owned(),
+            manifest: Some(ObjectRef {
+                uri: self.store.uri(&manifest_key),
+                sha256: manifest_sha.clone(),
+                size_bytes: manifest_bytes.len() as u64,
+            }),
+            image_size_px: size,
+            shard_count: u32::try_from(manifest.shards.len()).unwrap_or(u32::MAX),
+            rows_per_split: rows_per_split.into_iter().collect(),
+            synthetic: manifest.synthetic,
+        };
+        let event = match cause {
+            Some(cause) => Envelope::caused_by(cause, body.clone(), PRODUCER),
+            None => Envelope::new(body.clone(), PRODUCER),
+        };
+        publish_event(
+            self.bus.as_ref(),
+            &self.topics.datasets,
+            &format!("{dataset_id}@{size}px"),
+            &event,
+        )
+        .await?;
+        self.put_json(
+            &marker,
+            &ObjectRefRecord {
+                manifest_sha256: manifest_sha,
+            },
+        )
+        .await?;
+        Ok(Some(body))
+    }
+
+    /// Preprocesses every shard of a dataset's manifest (the CLI's path),
+    /// then announces the dataset. `progress` is called after each shard.
+    pub async fn run_dataset(
+        &self,
+        dataset_id: &str,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<(Vec<ShardOutcome>, Option<DatasetReady>), PreprocessError> {
+        let manifest_key = format!("datasets/{dataset_id}/manifest.json");
+        let manifest: Manifest = self
+            .get_json(&manifest_key)
+            .await?
+            .ok_or_else(|| PreprocessError::NoManifest(self.store.uri(&manifest_key)))?;
+        let mut outcomes = Vec::new();
+        for (done, shard) in manifest.shards.iter().enumerate() {
+            let split = Split::from_name(&shard.split).ok_or_else(|| {
+                PreprocessError::BadEvent(format!("manifest split `{}`", shard.split))
+            })?;
+            let event = ShardWritten {
+                dataset_id: dataset_id.to_owned(),
+                stage: ShardStage::Raw as i32,
+                split: proto_split(split) as i32,
+                shard_index: shard.index,
+                shard: Some(ObjectRef {
+                    uri: shard.uri.clone(),
+                    sha256: shard.sha256.clone(),
+                    size_bytes: shard.size_bytes,
+                }),
+                row_count: shard.rows,
+                image_size_px: 0,
+                manifest: None,
+            };
+            outcomes.push(self.process_raw_shard(&event, None).await?);
+            progress(done + 1, manifest.shards.len());
+        }
+        let ready = self.check_complete(dataset_id, None).await?;
+        Ok((outcomes, ready))
+    }
+}
+
+/// The record that `DatasetReady` was announced for a manifest.
+#[derive(Debug, Serialize, Deserialize)]
+struct ObjectRefRecord {
+    manifest_sha256: String,
+}
