@@ -2,8 +2,8 @@
 //! server): 2,000 synthetic images, the ingest killed with SIGKILL midway and
 //! run again, then run a third time. The manifest must list exactly the
 //! shards in the store, each with its true sha256, and the topic must hold an
-//! announcement for every shard, with at most the one the kill interrupted
-//! announced twice, and nothing from the third run.
+//! announcement for every shard, with at most the shards in flight at the
+//! kill (2) announced twice, and nothing from the third run.
 //!
 //! Skipped without the stack, unless CHEXVISION_REQUIRE_STACK=1 (make test, CI).
 
@@ -180,7 +180,8 @@ async fn killed_ingest_resumes_without_duplicates() {
         assert_eq!(sha256_hex(&bytes), shard.sha256, "{}", shard.key);
     }
 
-    // Every shard announced; only the shard the kill interrupted may repeat.
+    // Every shard announced; only the shards in flight at the kill (at most
+    // shard_concurrency, 2 by default) may repeat.
     let (announced, completions) = announcements(&topic);
     assert_eq!(completions, 1);
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -190,14 +191,26 @@ async fn killed_ingest_resumes_without_duplicates() {
     let hashes: BTreeSet<&str> = manifest.shards.iter().map(|s| s.sha256.as_str()).collect();
     assert_eq!(counts.keys().copied().collect::<BTreeSet<_>>(), hashes);
     let repeated = counts.values().filter(|n| **n > 1).count();
-    assert!(repeated <= 1, "{repeated} shards announced more than once");
-    assert!(before_resume.len() >= 3);
+    assert!(repeated <= 2, "{repeated} shards announced more than once");
+    assert!(
+        counts.values().all(|n| *n <= 2),
+        "a shard announced 3 times"
+    );
+    // Shards are stored before they are announced: the killed run may have
+    // announced fewer than it stored, never more.
+    assert!(before_resume.len() <= after_kill);
 
     // A third run changes and announces nothing.
     let output = ingest().output().unwrap();
     assert!(output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains("0 written"));
-    assert_eq!(announcements(&topic), (announced.clone(), 1));
+    // (Compared sorted: partitions interleave differently on each read.)
+    let (mut after_third, completions_after_third) = announcements(&topic);
+    after_third.sort();
+    let mut announced_sorted = announced.clone();
+    announced_sorted.sort();
+    assert_eq!(after_third, announced_sorted);
+    assert_eq!(completions_after_third, 1);
 
     // A shard reads back: rows, labels and images intact.
     let first = &manifest.shards[0];

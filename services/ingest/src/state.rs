@@ -3,8 +3,9 @@
 //! read, written or announced again.
 //!
 //! A shard is recorded right after it is announced. A kill between the two
-//! can announce that one shard twice; consumers are idempotent by content
-//! hash, so that costs nothing but a duplicate record.
+//! can announce the shards in flight (at most `shard_concurrency`) twice;
+//! consumers are idempotent by content hash, so that costs nothing but a
+//! duplicate record.
 
 use std::collections::BTreeMap;
 
