@@ -5,6 +5,8 @@
 //!   inputs from the header before allocating pixels.
 //! * [`resize_gray8`]: Pillow-compatible convolution resize.
 //! * [`clahe`]: OpenCV-compatible CLAHE.
+//! * [`augment`]: seeded training augmentations (one affine warp, colour
+//!   jitter, blur, erasing), [`to_tensor_imagenet`] and [`tta_views`].
 //!
 //! Measured parity (tests/parity.rs, fixtures from
 //! `scripts/make_vision_fixtures.py`):
@@ -23,14 +25,19 @@
 //! 64×64 and 97×80, plus a 64×97 → 96×140 upscale. CLAHE cases: 256×256,
 //! 250×203, 64×97, 97×64 (sizes not divisible by 8 included).
 //!
-//! Not here yet: DICOM decoding, augmentations.
+//! Not here yet: DICOM decoding.
 
+mod augment;
 mod clahe;
 mod decode;
 mod error;
 mod gray;
 mod resize;
 
+pub use augment::{
+    apply_params, augment, draw_params, to_tensor_imagenet, tta_views, AugmentConfig,
+    AugmentParams, EraseRect, IMAGENET_MEAN, IMAGENET_STD,
+};
 pub use clahe::clahe;
 pub use decode::{decode_gray8, DecodeLimits};
 pub use error::VisionError;
