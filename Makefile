@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: help test test-unit lint fmt build deps stack-up stack-down stack-status demo clean-stack bench
+.PHONY: help test test-unit lint fmt build deps stack-up stack-down stack-status demo clean-stack bench fuzz
 
 help:
 	@echo "make test        lint, then every test, with the local Kafka broker and S3 server (started if needed)"
@@ -14,6 +14,7 @@ help:
 	@echo "make stack-down  stop them"
 	@echo "make demo        send a training request through the local broker and read it back"
 	@echo "make bench       ingest 5,000 synthetic 1024 px images into local S3, beside the aws CLI"
+	@echo "make fuzz        fuzz the image decode path (nightly + cargo-fuzz; FUZZ_SECONDS=600)"
 
 # Everything CI runs. CHEXVISION_REQUIRE_STACK=1 turns a missing server into a
 # failure instead of a skip, so the Kafka and S3 suites really run.
@@ -73,3 +74,13 @@ demo:
 # Benchmarks are measurements, not tests: results go to docs/benchmarks.md.
 bench:
 	scripts/bench_ingest.sh
+
+# Fuzz the image decode path (needs a nightly toolchain and cargo-fuzz):
+# FUZZ_SECONDS=600 make fuzz. New inputs go to .fuzz-corpus/, crashes to
+# shared/vision/fuzz/artifacts/; the seed corpus in the repo is read only.
+FUZZ_SECONDS ?= 60
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo +nightly install cargo-fuzz --locked
+	mkdir -p .fuzz-corpus
+	cd shared/vision/fuzz && cargo +nightly fuzz run decode --fuzz-dir . \
+	  ../../../.fuzz-corpus corpus/decode -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048
