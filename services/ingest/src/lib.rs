@@ -21,8 +21,8 @@ use bytes::Bytes;
 use chexvision_bus::{publish_event, Bus, BusError};
 use chexvision_config::Topics;
 use chexvision_dataset::{
-    probe_image, write_shard, LabelSet, Manifest, ManifestShard, ManifestSource, RejectedImage,
-    ShardOptions, ShardRow, Split,
+    manifest_key, probe_image, raw_shard_key, write_shard, LabelSet, Manifest, ManifestShard,
+    ManifestSource, RejectedImage, ShardOptions, ShardRow, Split,
 };
 use chexvision_events::{DatasetIngested, Envelope, ObjectRef, ShardStage, ShardWritten};
 use chexvision_store::{ObjectStore, StoreError};
@@ -118,27 +118,8 @@ pub fn validate_dataset_id(id: &str) -> Result<(), IngestError> {
     }
 }
 
-pub fn manifest_key(dataset_id: &str) -> String {
-    format!("datasets/{dataset_id}/manifest.json")
-}
-
 pub fn state_key(dataset_id: &str) -> String {
     format!("datasets/{dataset_id}/ingest/state.json")
-}
-
-pub fn shard_key(dataset_id: &str, split: Split, index: u32) -> String {
-    format!(
-        "datasets/{dataset_id}/raw/{}/shard-{index:05}.parquet",
-        split.name()
-    )
-}
-
-fn proto_split(split: Split) -> chexvision_events::Split {
-    match split {
-        Split::Train => chexvision_events::Split::Train,
-        Split::Validation => chexvision_events::Split::Validation,
-        Split::Test => chexvision_events::Split::Test,
-    }
 }
 
 /// The ingest pipeline over one store and bus.
@@ -224,7 +205,7 @@ impl Ingest {
 
         let spawn_shard =
             |tasks: &mut ShardTasks, split: Split, shard: OpenShard, planned: &mut Vec<String>| {
-                let key = shard_key(dataset_id, split, shard.index);
+                let key = raw_shard_key(dataset_id, split, shard.index);
                 planned.push(key.clone());
                 let run = run.clone();
                 let slots = slots.clone();
@@ -570,7 +551,7 @@ impl Run {
         let body = ShardWritten {
             dataset_id: self.dataset_id.clone(),
             stage: ShardStage::Raw as i32,
-            split: proto_split(split) as i32,
+            split: split.to_proto() as i32,
             shard_index: shard.index,
             shard: Some(ObjectRef {
                 uri: shard.uri.clone(),

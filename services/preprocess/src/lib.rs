@@ -18,7 +18,8 @@ use bytes::Bytes;
 use chexvision_bus::{publish_event, Bus, BusError};
 use chexvision_config::Topics;
 use chexvision_dataset::{
-    read_shard, write_shard, ImageFormat, Manifest, RejectedImage, ShardOptions, ShardRow, Split,
+    manifest_key, raw_shard_key, read_shard, ready_shard_key, write_shard, ImageFormat, Manifest,
+    RejectedImage, ShardOptions, ShardRow, Split,
 };
 use chexvision_events::{DatasetReady, Envelope, ObjectRef, ShardStage, ShardWritten};
 use chexvision_store::{sha256_hex, ObjectStore, StoreError};
@@ -75,43 +76,12 @@ pub enum ShardOutcome {
     Skipped(ReadyShard),
 }
 
-pub fn ready_key(dataset_id: &str, size_px: u32, split: Split, index: u32) -> String {
-    format!(
-        "datasets/{dataset_id}/ready/{size_px}px/{}/shard-{index:05}.parquet",
-        split.name()
-    )
-}
-
-fn raw_key(dataset_id: &str, split: Split, index: u32) -> String {
-    format!(
-        "datasets/{dataset_id}/raw/{}/shard-{index:05}.parquet",
-        split.name()
-    )
-}
-
 fn state_key(dataset_id: &str, size_px: u32, split: &str, index: u32) -> String {
     format!("datasets/{dataset_id}/ready/{size_px}px/state/{split}-{index:05}.json")
 }
 
 fn dataset_ready_key(dataset_id: &str, size_px: u32) -> String {
     format!("datasets/{dataset_id}/ready/{size_px}px/dataset-ready.json")
-}
-
-fn split_of(proto: i32) -> Option<Split> {
-    match chexvision_events::Split::try_from(proto).ok()? {
-        chexvision_events::Split::Train => Some(Split::Train),
-        chexvision_events::Split::Validation => Some(Split::Validation),
-        chexvision_events::Split::Test => Some(Split::Test),
-        chexvision_events::Split::Unspecified => None,
-    }
-}
-
-fn proto_split(split: Split) -> chexvision_events::Split {
-    match split {
-        Split::Train => chexvision_events::Split::Train,
-        Split::Validation => chexvision_events::Split::Validation,
-        Split::Test => chexvision_events::Split::Test,
-    }
 }
 
 /// Decodes, resizes and equalises one image; returns the stored bytes.
@@ -257,7 +227,7 @@ impl Preprocess {
                 raw.stage()
             )));
         }
-        let split = split_of(raw.split)
+        let split = Split::from_proto(raw.split)
             .ok_or_else(|| PreprocessError::BadEvent(format!("unknown split {}", raw.split)))?;
         let shard_ref = raw
             .shard
@@ -277,7 +247,7 @@ impl Preprocess {
                 return Ok(ShardOutcome::Skipped(done));
             }
         }
-        let source_key = raw_key(&raw.dataset_id, split, raw.shard_index);
+        let source_key = raw_shard_key(&raw.dataset_id, split, raw.shard_index);
         let bytes = self.store.get(&source_key).await?;
         let found = sha256_hex(&bytes);
         if found != shard_ref.sha256 {
@@ -287,7 +257,7 @@ impl Preprocess {
                 expected: shard_ref.sha256.clone(),
             });
         }
-        let key = ready_key(&raw.dataset_id, size, split, raw.shard_index);
+        let key = ready_shard_key(&raw.dataset_id, size, split, raw.shard_index);
         let settings = self.settings.clone();
         let dataset_id = raw.dataset_id.clone();
         let shard_error = |detail: String| PreprocessError::Shard {
@@ -360,7 +330,7 @@ impl Preprocess {
             let body = ShardWritten {
                 dataset_id: raw.dataset_id.clone(),
                 stage: ShardStage::Ready as i32,
-                split: proto_split(split) as i32,
+                split: split.to_proto() as i32,
                 shard_index: raw.shard_index,
                 shard: Some(ObjectRef {
                     uri: done.uri.clone(),
@@ -395,7 +365,7 @@ impl Preprocess {
         dataset_id: &str,
         cause: Option<&Envelope>,
     ) -> Result<Option<DatasetReady>, PreprocessError> {
-        let manifest_key = format!("datasets/{dataset_id}/manifest.json");
+        let manifest_key = manifest_key(dataset_id);
         let manifest_bytes = match self.store.get(&manifest_key).await {
             Ok(bytes) => bytes,
             Err(e) if e.is_not_found() => return Ok(None),
@@ -465,7 +435,7 @@ impl Preprocess {
         dataset_id: &str,
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<(Vec<ShardOutcome>, Option<DatasetReady>), PreprocessError> {
-        let manifest_key = format!("datasets/{dataset_id}/manifest.json");
+        let manifest_key = manifest_key(dataset_id);
         let manifest: Manifest = self
             .get_json(&manifest_key)
             .await?
@@ -478,7 +448,7 @@ impl Preprocess {
             let event = ShardWritten {
                 dataset_id: dataset_id.to_owned(),
                 stage: ShardStage::Raw as i32,
-                split: proto_split(split) as i32,
+                split: split.to_proto() as i32,
                 shard_index: shard.index,
                 shard: Some(ObjectRef {
                     uri: shard.uri.clone(),

@@ -26,6 +26,25 @@ impl Split {
     }
 
     pub const ALL: [Split; 3] = [Split::Train, Split::Validation, Split::Test];
+
+    /// The event contract's enum value.
+    pub fn to_proto(self) -> chexvision_events::Split {
+        match self {
+            Split::Train => chexvision_events::Split::Train,
+            Split::Validation => chexvision_events::Split::Validation,
+            Split::Test => chexvision_events::Split::Test,
+        }
+    }
+
+    /// From an event's split field; None when unspecified or unknown.
+    pub fn from_proto(value: i32) -> Option<Split> {
+        match chexvision_events::Split::try_from(value).ok()? {
+            chexvision_events::Split::Train => Some(Split::Train),
+            chexvision_events::Split::Validation => Some(Split::Validation),
+            chexvision_events::Split::Test => Some(Split::Test),
+            chexvision_events::Split::Unspecified => None,
+        }
+    }
 }
 
 /// A stable number in 0..1000 for a patient (sha256, so it does not change
