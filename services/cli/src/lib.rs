@@ -123,14 +123,10 @@ pub enum TopicsCommand {
 impl Cli {
     /// The configuration: file, then environment, then flags.
     pub fn load_config(&self) -> Result<PlatformConfig> {
-        let mut loader = Loader::new().file(self.config.as_ref());
-        if let Some(store) = &self.store {
-            loader = loader.override_value("store", store, "flag --store");
-        }
-        if let Some(bus) = &self.bus {
-            loader = loader.override_value("bus", bus, "flag --bus");
-        }
-        Ok(loader.load()?)
+        Ok(Loader::new()
+            .file(self.config.as_ref())
+            .store_and_bus_flags(self.store.as_deref(), self.bus.as_deref())
+            .load()?)
     }
 }
 

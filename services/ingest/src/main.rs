@@ -34,13 +34,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let mut loader = Loader::new().file(args.config.as_ref());
-    if let Some(store) = &args.store {
-        loader = loader.override_value("store", store, "flag --store");
-    }
-    if let Some(bus) = &args.bus {
-        loader = loader.override_value("bus", bus, "flag --bus");
-    }
+    let loader = Loader::new()
+        .file(args.config.as_ref())
+        .store_and_bus_flags(args.store.as_deref(), args.bus.as_deref());
     let config: Config<IngestSettings> = loader.load()?;
     chexvision_telemetry::init_tracing(&config.log);
 
@@ -91,7 +87,7 @@ async fn main() -> Result<()> {
         tokio::spawn(async move { consumer.run(&handler, shutdown).await })
     };
 
-    wait_for_signal().await;
+    chexvision_telemetry::shutdown_signal().await;
     tracing::info!("shutting down");
     shutdown.cancel();
     // An interrupted ingest is not acknowledged: it is delivered again and
@@ -105,22 +101,4 @@ async fn main() -> Result<()> {
     server_handle.stop(true).await;
     let _ = server_task.await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => return interrupt.await.unwrap_or(()),
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    interrupt.await.unwrap_or(());
 }

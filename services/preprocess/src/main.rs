@@ -37,13 +37,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let mut loader = Loader::new().file(args.config.as_ref());
-    if let Some(store) = &args.store {
-        loader = loader.override_value("store", store, "flag --store");
-    }
-    if let Some(bus) = &args.bus {
-        loader = loader.override_value("bus", bus, "flag --bus");
-    }
+    let loader = Loader::new()
+        .file(args.config.as_ref())
+        .store_and_bus_flags(args.store.as_deref(), args.bus.as_deref());
     let config: Config<PreprocessSettings> = loader.load()?;
     chexvision_telemetry::init_tracing(&config.log);
 
@@ -93,7 +89,7 @@ async fn main() -> Result<()> {
         tokio::spawn(async move { consumer.run(&handler, shutdown).await })
     };
 
-    wait_for_signal().await;
+    chexvision_telemetry::shutdown_signal().await;
     tracing::info!("shutting down");
     shutdown.cancel();
     // A shard in progress is not acknowledged: it is delivered again.
@@ -106,22 +102,4 @@ async fn main() -> Result<()> {
     server_handle.stop(true).await;
     let _ = server_task.await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => return interrupt.await.unwrap_or(()),
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    interrupt.await.unwrap_or(());
 }

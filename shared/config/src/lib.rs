@@ -120,6 +120,17 @@ impl Loader {
         self
     }
 
+    /// Applies the `--store` and `--bus` flags every command and service takes.
+    pub fn store_and_bus_flags(mut self, store: Option<&str>, bus: Option<&str>) -> Self {
+        if let Some(store) = store {
+            self = self.override_value("store", store, "flag --store");
+        }
+        if let Some(bus) = bus {
+            self = self.override_value("bus", bus, "flag --bus");
+        }
+        self
+    }
+
     /// Sets `key` (dotted path) to `value` (YAML scalar), naming the origin for errors,
     /// e.g. `override_value("store", uri, "flag --store")`.
     pub fn override_value(mut self, key: &str, value: &str, origin: &str) -> Self {
