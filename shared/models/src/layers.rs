@@ -1,0 +1,211 @@
+//! Building blocks shared by the networks: BatchNorm with running
+//! statistics that train, save and restore, and initialised conv/linear
+//! constructors.
+
+use candle_core::{DType, Tensor, Var, D};
+use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
+use candle_nn::{Conv2d, Conv2dConfig, Init, Linear, VarBuilder};
+
+use crate::Result;
+
+/// PyTorch's BatchNorm2d defaults.
+const BN_EPS: f64 = 1e-5;
+const BN_MOMENTUM: f64 = 0.1;
+
+/// Kaiming normal, fan-out, ReLU: torchvision's init for ResNet convs.
+pub(crate) const KAIMING_FAN_OUT: Init = Init::Kaiming {
+    dist: NormalOrUniform::Normal,
+    fan: FanInOut::FanOut,
+    non_linearity: NonLinearity::ReLU,
+};
+
+/// Kaiming normal, fan-in, ReLU: torchvision's init for DenseNet convs.
+pub(crate) const KAIMING_FAN_IN: Init = Init::Kaiming {
+    dist: NormalOrUniform::Normal,
+    fan: FanInOut::FanIn,
+    non_linearity: NonLinearity::ReLU,
+};
+
+/// BatchNorm2d with torchvision's parameter names (`weight`, `bias`,
+/// `running_mean`, `running_var`).
+///
+/// The running statistics are read through the same `VarBuilder` as the
+/// weights. Built from a `VarMap` they are variables of that map, so a
+/// train-mode forward updates them in place and `VarMap::save` (or a
+/// checkpoint) carries them; they never get gradients, and the optimiser
+/// must leave them out (see [`crate::is_buffer`]). Built from plain tensors
+/// (inference), train mode is refused.
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    running: Option<(Var, Var)>,
+}
+
+impl BatchNorm2d {
+    pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
+        let running_mean = vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?;
+        let running_var = vb.get_with_hints(channels, "running_var", Init::Const(1.0))?;
+        // A variable shares its storage with the VarMap entry, so updating
+        // it through `Var::set` is what the map saves.
+        let running = if running_mean.is_variable() && running_var.is_variable() {
+            Some((
+                Var::from_tensor(&running_mean)?,
+                Var::from_tensor(&running_var)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            running,
+        })
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let c = self.weight.dim(0)?;
+        if !train {
+            // y = x * scale + shift with scale = w / sqrt(var + eps).
+            let scale = (&self.weight / (self.running_var.detach() + BN_EPS)?.sqrt()?)?;
+            let shift = (&self.bias - (self.running_mean.detach() * &scale)?)?;
+            let y = x
+                .broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
+                .broadcast_add(&shift.reshape((1, c, 1, 1))?)?;
+            return Ok(y);
+        }
+        let Some((running_mean, running_var)) = &self.running else {
+            return Err(crate::ModelError::Mode(
+                "train mode needs running statistics held as variables (build the model from a VarMap)".into(),
+            ));
+        };
+        let (n, _, h, w) = x.dims4()?;
+        let count = n * h * w;
+        if count < 2 {
+            return Err(crate::ModelError::Mode(format!(
+                "train-mode BatchNorm needs more than one value per channel, got input {:?}",
+                x.dims()
+            )));
+        }
+        // Per-channel statistics over (N, H, W).
+        let xt = x.transpose(0, 1)?.reshape((c, count))?;
+        let mean = xt.mean_keepdim(D::Minus1)?;
+        let centered = xt.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let inv_std = (var.clone() + BN_EPS)?.sqrt()?.recip()?;
+        let scale = inv_std.broadcast_mul(&self.weight.reshape((c, 1))?)?;
+        let y = centered
+            .broadcast_mul(&scale)?
+            .broadcast_add(&self.bias.reshape((c, 1))?)?
+            .reshape((c, n, h, w))?
+            .transpose(0, 1)?
+            .contiguous()?;
+
+        // Running statistics, outside the graph; the variance is unbiased.
+        let mean = mean
+            .detach()
+            .flatten_all()?
+            .to_dtype(running_mean.dtype())?;
+        let unbiased = (var.detach().flatten_all()? * (count as f64 / (count - 1) as f64))?
+            .to_dtype(running_var.dtype())?;
+        let new_mean = ((running_mean.as_tensor() * (1.0 - BN_MOMENTUM))? + (mean * BN_MOMENTUM)?)?;
+        let new_var =
+            ((running_var.as_tensor() * (1.0 - BN_MOMENTUM))? + (unbiased * BN_MOMENTUM)?)?;
+        running_mean.set(&new_mean)?;
+        running_var.set(&new_var)?;
+        Ok(y)
+    }
+
+    /// The running statistics as plain tensors (mean, var).
+    pub fn running_stats(&self) -> (Tensor, Tensor) {
+        (self.running_mean.detach(), self.running_var.detach())
+    }
+}
+
+/// Bias-free convolution, square kernel.
+pub(crate) fn conv2d(
+    cin: usize,
+    cout: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    init: Init,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let weight = vb.get_with_hints((cout, cin, kernel, kernel), "weight", init)?;
+    let cfg = Conv2dConfig {
+        padding,
+        stride,
+        dilation: 1,
+        groups: 1,
+        cudnn_fwd_algo: None,
+    };
+    Ok(Conv2d::new(weight, None, cfg))
+}
+
+/// Linear layer with PyTorch's default init (uniform ±1/√fan_in for the
+/// weight) and a zero bias, as torchvision initialises classifiers.
+pub(crate) fn linear(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> {
+    let bound = 1.0 / (cin as f64).sqrt();
+    let weight = vb.get_with_hints(
+        (cout, cin),
+        "weight",
+        Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+    )?;
+    let bias = vb.get_with_hints(cout, "bias", Init::Const(0.0))?;
+    Ok(Linear::new(weight, Some(bias)))
+}
+
+/// Linear layer with PyTorch's default init for both weight and bias.
+pub(crate) fn linear_default(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> {
+    let bound = 1.0 / (cin as f64).sqrt();
+    let weight = vb.get_with_hints(
+        (cout, cin),
+        "weight",
+        Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+    )?;
+    let bias = vb.get_with_hints(
+        cout,
+        "bias",
+        Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+    )?;
+    Ok(Linear::new(weight, Some(bias)))
+}
+
+/// Global average pool (N, C, H, W) → (N, C).
+pub(crate) fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    Ok(x.reshape((n, c, h * w))?.mean(D::Minus1)?)
+}
+
+pub(crate) fn check_input(x: &Tensor) -> Result<()> {
+    let dims = x.dims();
+    if dims.len() != 4 || dims[1] != 3 || dims[2] < 32 || dims[3] < 32 {
+        return Err(crate::ModelError::InputShape {
+            got: dims.to_vec(),
+            expected: "(batch, 3, height ≥ 32, width ≥ 32)".into(),
+        });
+    }
+    if x.dtype() != DType::F32 && x.dtype() != DType::BF16 && x.dtype() != DType::F16 {
+        return Err(crate::ModelError::InputShape {
+            got: dims.to_vec(),
+            expected: format!("a float tensor, got {:?}", x.dtype()),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! CheXVision networks on candle.
+//!
+//! * [`DenseNet`]: torchvision's DenseNet (any growth, blocks, initial
+//!   features) with torchvision's state-dict names, so converted ImageNet
+//!   `densenet121` weights load unchanged ([`load_torchvision_backbone`]).
+//! * [`SeResNet`]: residual network with squeeze-excitation, for training
+//!   from scratch.
+//! * [`ChestModel`]: either backbone + global average pooling + two heads
+//!   (14 finding logits, one abnormal logit) in one forward pass, in train
+//!   or eval mode.
+//! * [`Checkpoint`]: safetensors with metadata (architecture, config, label
+//!   order, input size, normalisation, parameter count, tensor digest);
+//!   BatchNorm running statistics included.
+//! * [`grad_cam`]: class activation heatmaps for any of the outputs, and a
+//!   colour overlay PNG.
+//! * [`bce_with_logits`]: the numerically stable loss with `pos_weight`.
+//!
+//! Parity with PyTorch is tested against fixtures made by
+//! `scripts/make_model_fixtures.py` (tests/parity.rs).
+
+mod checkpoint;
+mod densenet;
+mod error;
+mod gradcam;
+mod layers;
+mod loss;
+mod model;
+mod pool;
+mod se_resnet;
+
+pub use checkpoint::{
+    checkpoint_bytes, load_torchvision_backbone, read_meta, tensors_sha256, varmap_tensors,
+    BackboneLoad, Checkpoint, CheckpointMeta, Normalization,
+};
+pub use densenet::{DenseNet, DenseNetConfig};
+pub use error::{ModelError, Result};
+pub use gradcam::{grad_cam, overlay_png, GradCam};
+pub use layers::BatchNorm2d;
+pub use loss::{bce_with_logits, dual_head_loss};
+pub use model::{is_buffer, parameter_count, trainable_vars, ChestModel, DualLogits, ModelConfig};
+pub use pool::MaxPool2d;
+pub use se_resnet::{SeResNet, SeResNetConfig};
+
+pub use candle_core;
+pub use candle_nn;
