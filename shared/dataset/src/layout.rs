@@ -31,9 +31,12 @@ fn base_name(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)
 }
 
+/// PNG, JPEG or DICOM, by extension (`.dcm`, `.dicom`).
 pub fn is_image_name(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    lower.ends_with(".png") || lower.ends_with(".jpg") || lower.ends_with(".jpeg")
+    [".png", ".jpg", ".jpeg", ".dcm", ".dicom"]
+        .iter()
+        .any(|ext| lower.ends_with(ext))
 }
 
 impl NihLayout {
@@ -114,12 +117,15 @@ mod tests {
             "a.png",
             "copy/a.png",
             "b.JPG",
+            "c.dcm",
+            "d.DICOM",
             "notes.txt",
             "synthetic.json",
         ];
         let layout = NihLayout::from_keys(keys).unwrap();
         assert_eq!(layout.metadata_key, "Data_Entry_2017.csv");
-        assert_eq!(layout.images.len(), 2);
+        assert_eq!(layout.images.len(), 4);
+        assert!(layout.images.contains_key("c.dcm") && layout.images.contains_key("d.DICOM"));
         assert_eq!(
             layout.duplicate_images,
             vec![("a.png".to_owned(), "copy/a.png".to_owned())]

@@ -296,6 +296,7 @@ fn decode_row(index: usize, row: &Row) -> Result<ShardRow, ShardError> {
         "png" => ImageFormat::Png,
         "jpeg" => ImageFormat::Jpeg,
         "gray8" => ImageFormat::Gray8,
+        "dicom" => ImageFormat::Dicom,
         other => return Err(bad("image_format", format!("unknown: {other}"))),
     };
     let image = match field("image")? {
@@ -343,7 +344,13 @@ mod tests {
             sex: "F".into(),
             original_width: 1024,
             original_height: 1000 + i,
-            image_format: ImageFormat::Png,
+            // Every format string goes through the column.
+            image_format: [
+                ImageFormat::Png,
+                ImageFormat::Jpeg,
+                ImageFormat::Gray8,
+                ImageFormat::Dicom,
+            ][i as usize % 4],
             image: Bytes::from(vec![i as u8; 100 + i as usize]),
         }
     }

@@ -1,5 +1,7 @@
-//! PNG and JPEG decoding to 8-bit grayscale, with size limits checked
-//! from the header before any pixel buffer is allocated.
+//! PNG, JPEG and DICOM decoding to 8-bit grayscale, with size limits
+//! checked from the header before any pixel buffer is allocated. DICOM has
+//! its own module, `dicom`; this one sniffs the format and holds
+//! the PNG/JPEG path (which DICOM's JPEG transfer syntaxes reuse).
 
 use std::io::Cursor;
 
@@ -25,8 +27,13 @@ impl Default for DecodeLimits {
     }
 }
 
-/// Decodes a PNG (8/16-bit gray, gray+alpha, RGB, RGBA, palette) or a JPEG
-/// into 8-bit grayscale.
+/// Decodes a PNG (8/16-bit gray, gray+alpha, RGB, RGBA, palette), a JPEG
+/// or a DICOM Part 10 file into 8-bit grayscale.
+///
+/// DICOM (`DICM` at byte 128) goes to the `dicom` module: transfer
+/// syntaxes, rescale, VOI (LUT, window, min–max) and MONOCHROME1 as the
+/// crate documentation summarises (details in that module's source). For
+/// PNG and JPEG:
 ///
 /// * 16-bit samples become 8-bit by `>> 8`.
 /// * Colour becomes luma as Pillow's `convert("L")` does (ITU-R 601-2:
@@ -50,7 +57,24 @@ pub fn decode_gray8(bytes: &[u8], limits: &DecodeLimits) -> Result<GrayImage8, V
             max_bytes: limits.max_bytes,
         });
     }
+    // PNG/JPEG signatures first: a valid PNG or JPEG is never sent to the
+    // DICOM path, whatever its byte 128 holds.
+    let png_or_jpeg = bytes.starts_with(b"\x89PNG") || bytes.starts_with(&[0xFF, 0xD8]);
+    if !png_or_jpeg && crate::dicom::has_dicom_magic(bytes) {
+        return crate::dicom::decode_dicom(bytes, limits);
+    }
     let format = sniff_format(bytes)?;
+    let dynamic = decode_dynamic(bytes, format, limits)?;
+    to_gray8(dynamic)
+}
+
+/// PNG or JPEG bytes → `DynamicImage`, with the header checks and decoder
+/// limits described at [`decode_gray8`]. The byte limit is the caller's.
+pub(crate) fn decode_dynamic(
+    bytes: &[u8],
+    format: ImageFormat,
+    limits: &DecodeLimits,
+) -> Result<DynamicImage, VisionError> {
     let name = format_name(format);
 
     // PNG: read IHDR ourselves, so an over-large header is refused whatever
@@ -89,16 +113,15 @@ pub fn decode_gray8(bytes: &[u8], limits: &DecodeLimits) -> Result<GrayImage8, V
     decoder_limits.max_alloc = Some(pixels.saturating_mul(16).saturating_add(1 << 20));
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(decoder_limits);
-    let dynamic = reader
+    reader
         .decode()
-        .map_err(|e| map_image_error(name, e, Some((width, height, limits.max_pixels))))?;
-    to_gray8(dynamic)
+        .map_err(|e| map_image_error(name, e, Some((width, height, limits.max_pixels))))
 }
 
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
-/// PNG or JPEG by signature; anything else is `UnsupportedFormat`, named
-/// where `image` recognises it.
+/// PNG or JPEG by signature (DICOM is recognised before this is called);
+/// anything else is `UnsupportedFormat`, named where `image` recognises it.
 fn sniff_format(bytes: &[u8]) -> Result<ImageFormat, VisionError> {
     // Short prefixes count too, so a cut-off signature is `Corrupt`, not
     // "unsupported".
@@ -110,8 +133,8 @@ fn sniff_format(bytes: &[u8]) -> Result<ImageFormat, VisionError> {
     }
     Err(VisionError::UnsupportedFormat {
         detail: match image::guess_format(bytes) {
-            Ok(other) => format!("{other:?} (only PNG and JPEG are supported)"),
-            Err(_) => "unrecognised signature (only PNG and JPEG are supported)".into(),
+            Ok(other) => format!("{other:?} (only PNG, JPEG and DICOM are supported)"),
+            Err(_) => "unrecognised signature (only PNG, JPEG and DICOM are supported)".into(),
         },
     })
 }
@@ -129,7 +152,7 @@ fn png_ihdr_dims(bytes: &[u8]) -> Option<(u32, u32)> {
 /// In entropy-coded data 0xFF is always followed by 0x00 or a restart
 /// marker, so the last `FF DA` (start of scan) belongs to the main image's
 /// last scan; a complete file has `FF D9` (end of image) after it.
-fn jpeg_has_eoi_after_last_sos(bytes: &[u8]) -> bool {
+pub(crate) fn jpeg_has_eoi_after_last_sos(bytes: &[u8]) -> bool {
     let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
     match last_sos {
         Some(pos) => bytes
@@ -139,7 +162,11 @@ fn jpeg_has_eoi_after_last_sos(bytes: &[u8]) -> bool {
     }
 }
 
-fn check_pixels(width: u32, height: u32, limits: &DecodeLimits) -> Result<(), VisionError> {
+pub(crate) fn check_pixels(
+    width: u32,
+    height: u32,
+    limits: &DecodeLimits,
+) -> Result<(), VisionError> {
     if u64::from(width) * u64::from(height) > limits.max_pixels {
         return Err(VisionError::TooLarge {
             width,
@@ -195,7 +222,7 @@ fn map_image_error(
 
 /// Pillow's `L24`: ITU-R 601-2 luma in 16-bit fixed point, rounded.
 #[inline]
-fn luma(r: u8, g: u8, b: u8) -> u8 {
+pub(crate) fn luma(r: u8, g: u8, b: u8) -> u8 {
     let l = (u32::from(r) * 19595 + u32::from(g) * 38470 + u32::from(b) * 7471 + 0x8000) >> 16;
     // Max is (255 * 65536 + 0x8000) >> 16 = 255.
     l.min(255) as u8
@@ -206,7 +233,7 @@ fn hi(v: u16) -> u8 {
     (v >> 8) as u8
 }
 
-fn to_gray8(img: DynamicImage) -> Result<GrayImage8, VisionError> {
+pub(crate) fn to_gray8(img: DynamicImage) -> Result<GrayImage8, VisionError> {
     let (width, height) = (img.width(), img.height());
     let pixels: Vec<u8> = match img {
         DynamicImage::ImageLuma8(b) => b.into_raw(),

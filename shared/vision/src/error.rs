@@ -26,15 +26,16 @@ pub enum VisionError {
         /// The limit it broke.
         max_pixels: u64,
     },
-    /// A PNG or JPEG that is truncated or corrupt.
+    /// A PNG, JPEG or DICOM file that is truncated or corrupt.
     #[error("corrupt {format} image: {detail}")]
     Corrupt {
-        /// "PNG" or "JPEG".
+        /// "PNG", "JPEG" or "DICOM".
         format: &'static str,
         /// What the decoder reported.
         detail: String,
     },
-    /// Not a PNG or JPEG, or a PNG/JPEG variant the decoder cannot handle.
+    /// Not a PNG, JPEG or DICOM file, or a variant the decoder cannot
+    /// handle (e.g. a DICOM transfer syntax, named with its UID).
     #[error("unsupported image format: {detail}")]
     UnsupportedFormat {
         /// What was recognised, if anything.

@@ -1,8 +1,8 @@
-//! CheXVision image pipeline: PNG/JPEG decoding with limits, resizing and
-//! CLAHE, all on 8-bit grayscale.
+//! CheXVision image pipeline: PNG/JPEG/DICOM decoding with limits, resizing
+//! and CLAHE, all on 8-bit grayscale.
 //!
-//! * [`decode_gray8`]: PNG/JPEG → [`GrayImage8`], rejecting over-large
-//!   inputs from the header before allocating pixels.
+//! * [`decode_gray8`]: PNG/JPEG/DICOM → [`GrayImage8`], rejecting
+//!   over-large inputs from the header before allocating pixels.
 //! * [`resize_gray8`]: Pillow-compatible convolution resize.
 //! * [`clahe`]: OpenCV-compatible CLAHE.
 //! * [`augment`]: seeded training augmentations (one affine warp, colour
@@ -20,16 +20,31 @@
 //! | CLAHE (2.0, 8×8) | OpenCV 5.0.0 (opencv-python-headless) `createCLAHE().apply` | 0 | 0 (100 % of pixels identical) |
 //! | PNG → gray (RGB, RGBA, palette, gray+alpha, 16-bit gray/RGB) | Pillow `convert("L")` | 0 | 0 |
 //! | JPEG → gray (baseline gray/RGB 4:2:0, progressive) | Pillow (libjpeg) | 2 | 0.022 |
+//! | DICOM native / RLE / JPEG Lossless → gray (rescale, windows, VOI LUT, min–max, MONOCHROME1, colour) | numpy, PS3.3 formulas | 0 | 0 |
+//! | DICOM JPEG Baseline → gray | Pillow (libjpeg), then the same VOI | 1 | 0.009 |
 //!
 //! Resize cases: three X-ray-like inputs (256×256, 250×203, 64×97) to
 //! 64×64 and 97×80, plus a 64×97 → 96×140 upscale. CLAHE cases: 256×256,
 //! 250×203, 64×97, 97×64 (sizes not divisible by 8 included).
 //!
-//! Not here yet: DICOM decoding.
+//! DICOM (Part 10 files, `DICM` at byte 128) goes through the same
+//! [`decode_gray8`]: Implicit/Explicit VR Little Endian, RLE Lossless,
+//! 8-bit JPEG Baseline/Extended and JPEG Lossless (process 14);
+//! MONOCHROME1/2 with 8 or 16 bits allocated, signed or not; Rescale
+//! Slope/Intercept; a VOI LUT Sequence, else Window Center/Width (LINEAR,
+//! LINEAR_EXACT, SIGMOID), else min–max; the first frame of a multi-frame
+//! object; colour as luma. Other transfer syntaxes (12-bit lossy JPEG,
+//! JPEG-LS, JPEG 2000, Deflated, ...) are `UnsupportedFormat` naming the
+//! UID. Details, and why the header is parsed here (allocation bounded by
+//! the input, no panics), are in the `dicom` module's source
+//! documentation. The DICOM rows of the table above are from
+//! tests/dicom.rs, with fixtures and numpy references from
+//! `scripts/make_dicom_fixtures.py`.
 
 mod augment;
 mod clahe;
 mod decode;
+mod dicom;
 mod error;
 mod gray;
 mod resize;

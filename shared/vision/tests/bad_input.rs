@@ -5,13 +5,19 @@
 //! * A complete PNG followed by trailing garbage decodes (bytes after IEND
 //!   are ignored, as Pillow and libpng do).
 //! * A truncated JPEG is an error (`Corrupt`), not a partly grey image.
+//! * A DICOM file is recognised by `DICM` at byte 128 (or its start, when
+//!   the input ends there); past that, truncation anywhere is `Corrupt`,
+//!   and an element length beyond the end of the input is `Corrupt` before
+//!   anything of that length is allocated.
 
 mod common;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use chexvision_vision::{decode_gray8, DecodeLimits, VisionError};
-use common::fixture_path;
+use common::{
+    dcm_file, dcm_header, dcm_mono8_attributes, fixture_path, tiny_dicom, EXPLICIT_VR_LE,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
@@ -304,6 +310,88 @@ fn cases() -> Vec<(&'static str, Vec<u8>, DecodeLimits, Expect)> {
         Expect::Corrupt,
     ));
 
+    // DICOM.
+    let rle = fixture("dicom/mono2_u16_rle.dcm");
+    let native = fixture("dicom/ct_s16_rescale_window.dcm");
+    let mut dicm_only = vec![0u8; 128];
+    dicm_only.extend_from_slice(b"DICM");
+    let mut gigabytes = dcm_mono8_attributes(4, 4);
+    gigabytes.extend(dcm_header(0x0009, 0x0010, b"OB", 0xFFFF_FFF0));
+    gigabytes.extend_from_slice(&[0; 8]);
+    rows.extend([
+        (
+            "DICOM valid hand-made 8-bit",
+            tiny_dicom(3, 5, &[7; 15]),
+            d,
+            Expect::Ok,
+        ),
+        ("DICOM valid RLE fixture", rle.clone(), d, Expect::Ok),
+        (
+            "DICOM JPEG 2000 (unsupported syntax)",
+            fixture("dicom/unsupported_jpeg2000.dcm"),
+            d,
+            Expect::Unsupported,
+        ),
+        (
+            "DICOM deflated (unsupported syntax)",
+            dcm_file("1.2.840.10008.1.2.1.99", &[0x78, 0x9C, 0x03, 0x00]),
+            d,
+            Expect::Unsupported,
+        ),
+        (
+            "DICOM Rows/Columns 50000x50000",
+            tiny_dicom(50_000, 50_000, &[0; 16]),
+            d,
+            Expect::TooLarge,
+        ),
+        ("DICOM preamble + DICM only", dicm_only, d, Expect::Corrupt),
+        (
+            "DICOM cut inside DICM",
+            rle[..130].to_vec(),
+            d,
+            Expect::Corrupt,
+        ),
+        (
+            "DICOM truncated in the file meta",
+            rle[..150].to_vec(),
+            d,
+            Expect::Corrupt,
+        ),
+        (
+            "DICOM truncated RLE Pixel Data",
+            rle[..rle.len() - 100].to_vec(),
+            d,
+            Expect::Corrupt,
+        ),
+        (
+            "DICOM truncated native Pixel Data",
+            native[..native.len() / 2].to_vec(),
+            d,
+            Expect::Corrupt,
+        ),
+        (
+            "DICOM Pixel Data shorter than Rows x Columns",
+            tiny_dicom(4, 4, &[0; 12]),
+            d,
+            Expect::Corrupt,
+        ),
+        (
+            "DICOM element claiming 4 GiB",
+            dcm_file(EXPLICIT_VR_LE, &gigabytes),
+            d,
+            Expect::Corrupt,
+        ),
+        (
+            "DICOM over max_bytes",
+            native,
+            DecodeLimits {
+                max_bytes: 1000,
+                ..d
+            },
+            Expect::TooManyBytes,
+        ),
+    ]);
+
     rows
 }
 
@@ -362,6 +450,8 @@ fn mutated_files_never_panic() {
         "dec_gray16.png",
         "dec_rgb.jpg",
         "dec_gray_progressive.jpg",
+        "dicom/mono2_u16_rle.dcm",
+        "dicom/ct_s16_rescale_window.dcm",
     ] {
         let original = fixture(name);
         let mut variants: Vec<Vec<u8>> = Vec::new();

@@ -1,0 +1,442 @@
+//! DICOM decoding against references computed in numpy by
+//! `scripts/make_dicom_fixtures.py` (rescale → VOI → 8-bit, MONOCHROME1
+//! inverted; PS3.3 formulas, rounding half up), and DICOM's failure modes.
+//!
+//! Tolerances: native, RLE and JPEG Lossless fixtures must match exactly
+//! (max abs difference 0): the decoder and the script do the same float64
+//! operations in the same order and round the same way. The JPEG Baseline
+//! fixture's reference is Pillow's (libjpeg) decoding of the frame and the
+//! decoder here uses zune-jpeg, which may differ by a level or two in IDCT
+//! rounding (as for plain JPEG in tests/decode.rs); the window there has a
+//! gain of about 1, so max abs difference ≤ 2 is asserted.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chexvision_vision::{decode_gray8, DecodeLimits, GrayImage8, VisionError};
+use common::{
+    compare, dcm_element, dcm_file, dcm_header, dcm_item, dcm_mono8_attributes, dcm_text, dcm_us,
+    fixture_path, load, tiny_dicom, EXPLICIT_VR_LE,
+};
+
+/// Records the largest single allocation, so tests can show that a header
+/// claiming a huge image or element allocates nothing of that size.
+struct LargestAllocation;
+
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for LargestAllocation {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LARGEST.fetch_max(new_size, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: LargestAllocation = LargestAllocation;
+
+/// Runs `f` and returns what it gave and the largest allocation made (by
+/// any thread; the other tests here allocate far less than the bounds
+/// asserted).
+fn with_largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    LARGEST.store(0, Ordering::SeqCst);
+    let out = f();
+    (out, LARGEST.load(Ordering::SeqCst))
+}
+
+fn dicom(name: &str) -> Vec<u8> {
+    let path = fixture_path(&format!("dicom/{name}.dcm"));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "read {}: {e} (run scripts/make_dicom_fixtures.py)",
+            path.display()
+        )
+    })
+}
+
+fn decode(bytes: &[u8]) -> Result<GrayImage8, VisionError> {
+    decode_gray8(bytes, &DecodeLimits::default())
+}
+
+/// The decodable fixtures, their size and the max abs difference allowed.
+const FIXTURES: &[(&str, (u32, u32), u8)] = &[
+    ("mono2_u16_bs12_window", (64, 48), 0),
+    ("mono2_u16_minmax_implicit", (64, 48), 0),
+    ("mono1_u16_window", (64, 48), 0),
+    ("ct_s16_rescale_window", (64, 48), 0),
+    ("mono2_s12_slope_linear_exact", (64, 48), 0),
+    ("mono2_u8_sigmoid", (64, 48), 0),
+    ("mono2_u16_multiframe", (40, 30), 0),
+    ("mono2_u16_voi_lut", (64, 48), 0),
+    ("mono2_u16_rle", (64, 48), 0),
+    ("rgb_u8_planar", (32, 24), 0),
+    ("rgb_u8_rle", (32, 24), 0),
+    ("mono2_u16_bs12_jpeg_lossless", (64, 48), 0),
+    ("mono2_u8_jpeg_baseline", (64, 48), 2),
+];
+
+#[test]
+fn fixtures_match_the_numpy_reference() -> Result<(), VisionError> {
+    for &(name, size, tolerance) in FIXTURES {
+        let got = decode(&dicom(name))?;
+        let want = load(&format!("dicom/{name}.png"));
+        assert_eq!((got.width, got.height), size, "{name}");
+        let (max, mean, _) = compare(&got, &want);
+        println!("{name:32} max abs diff {max}, mean {mean:.4}");
+        assert!(
+            max <= tolerance,
+            "{name}: max abs diff {max} (allowed {tolerance}), mean {mean:.4}"
+        );
+        // Not degenerate: the reference uses most of the grey range.
+        let (lo, hi) = want
+            .pixels
+            .iter()
+            .fold((255u8, 0u8), |(lo, hi), &p| (lo.min(p), hi.max(p)));
+        assert!(hi - lo > 100, "{name}: reference spans only {lo}..{hi}");
+    }
+    Ok(())
+}
+
+#[test]
+fn monochrome1_is_displayed_like_monochrome2() -> Result<(), VisionError> {
+    // The MONOCHROME1 fixture stores 4095 - v; shown, dense tissue must be
+    // bright as in MONOCHROME2: the body centre is brighter than the
+    // corner (air).
+    let img = decode(&dicom("mono1_u16_window"))?;
+    let centre = img.get(32, 40).unwrap_or(0);
+    let corner = img.get(0, 0).unwrap_or(255);
+    assert!(centre > corner, "centre {centre}, corner {corner}");
+    Ok(())
+}
+
+#[test]
+fn unsupported_transfer_syntax_is_named() {
+    match decode(&dicom("unsupported_jpeg2000")) {
+        Err(VisionError::UnsupportedFormat { detail }) => {
+            assert!(detail.contains("1.2.840.10008.1.2.4.90"), "{detail}");
+            assert!(
+                detail.contains("JPEG 2000 Image Compression (Lossless Only)"),
+                "{detail}"
+            );
+        }
+        other => panic!("want UnsupportedFormat, got {other:?}"),
+    }
+    // A deflated data set cannot even be walked: named too.
+    let deflated = dcm_file("1.2.840.10008.1.2.1.99", &[0x78, 0x9C, 0x03, 0x00]);
+    assert!(matches!(
+        decode(&deflated),
+        Err(VisionError::UnsupportedFormat { detail })
+            if detail.contains("Deflated Explicit VR Little Endian")
+    ));
+}
+
+/// `fixture` with the value of the explicit VR US element (0028,eeee)
+/// replaced.
+fn with_us(mut bytes: Vec<u8>, element: u16, value: u16) -> Vec<u8> {
+    let [e0, e1] = element.to_le_bytes();
+    let pattern = [0x28, 0x00, e0, e1, b'U', b'S', 2, 0];
+    let pos = bytes
+        .windows(8)
+        .position(|w| w == pattern)
+        .unwrap_or_else(|| panic!("no (0028,{element:04X}) US element"));
+    bytes[pos + 8..pos + 10].copy_from_slice(&value.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn huge_rows_and_columns_are_refused_before_allocating() {
+    let huge = with_us(
+        with_us(dicom("mono2_u16_bs12_window"), 0x0010, 50_000),
+        0x0011,
+        50_000,
+    );
+    let (result, largest) = with_largest_allocation(|| decode(&huge));
+    assert_eq!(
+        result,
+        Err(VisionError::TooLarge {
+            width: 50_000,
+            height: 50_000,
+            max_pixels: 50_000_000
+        })
+    );
+    assert!(largest < 1 << 20, "largest allocation {largest} bytes");
+
+    // Implicit VR: Rows/Columns have a 4-byte length and no VR.
+    let mut implicit = dicom("mono2_u16_minmax_implicit");
+    for element in [0x10u8, 0x11] {
+        let pattern = [0x28, 0x00, element, 0x00, 2, 0, 0, 0];
+        let pos = implicit
+            .windows(8)
+            .position(|w| w == pattern)
+            .unwrap_or_else(|| panic!("no (0028,00{element:02X})"));
+        implicit[pos + 8..pos + 10].copy_from_slice(&50_000u16.to_le_bytes());
+    }
+    assert!(matches!(
+        decode(&implicit),
+        Err(VisionError::TooLarge {
+            width: 50_000,
+            height: 50_000,
+            ..
+        })
+    ));
+
+    // A valid file over a tighter limit.
+    let tight = DecodeLimits {
+        max_pixels: 64 * 48 - 1,
+        ..DecodeLimits::default()
+    };
+    assert_eq!(
+        decode_gray8(&dicom("mono2_u16_rle"), &tight),
+        Err(VisionError::TooLarge {
+            width: 64,
+            height: 48,
+            max_pixels: 64 * 48 - 1
+        })
+    );
+}
+
+#[test]
+fn element_claiming_gigabytes_allocates_nothing_of_the_kind() {
+    // An OB element declaring 0xFFFFFFF0 bytes with 8 present (a general
+    // DICOM parser may allocate the declared length first).
+    let mut ds = dcm_mono8_attributes(4, 4);
+    ds.extend(dcm_header(0x0009, 0x0010, b"OB", 0xFFFF_FFF0));
+    ds.extend_from_slice(&[1; 8]);
+    let file = dcm_file(EXPLICIT_VR_LE, &ds);
+    let (result, largest) = with_largest_allocation(|| decode(&file));
+    match result {
+        Err(VisionError::Corrupt { format, detail }) => {
+            assert_eq!(format, "DICOM");
+            assert!(detail.contains("declares 4294967280 bytes"), "{detail}");
+        }
+        other => panic!("want Corrupt, got {other:?}"),
+    }
+    assert!(largest < 1 << 20, "largest allocation {largest} bytes");
+}
+
+#[test]
+fn short_pixel_data_is_corrupt_and_says_so() {
+    // Three frames declared, two present.
+    let mut three = dicom("mono2_u16_multiframe");
+    let pos = three
+        .windows(8)
+        .position(|w| w == [0x28, 0x00, 0x08, 0x00, b'I', b'S', 2, 0])
+        .unwrap_or_else(|| panic!("no Number of Frames"));
+    three[pos + 8..pos + 10].copy_from_slice(b"3 ");
+    match decode(&three) {
+        Err(VisionError::Corrupt { detail, .. }) => {
+            assert!(
+                detail.contains("Pixel Data holds 4800 bytes")
+                    && detail.contains("30 × 40 × 3 × 1 × 2 = 7200"),
+                "{detail}"
+            );
+        }
+        other => panic!("want Corrupt, got {other:?}"),
+    }
+    // One row more than the data holds.
+    let taller = with_us(dicom("mono2_u16_bs12_window"), 0x0010, 49);
+    assert!(matches!(decode(&taller), Err(VisionError::Corrupt { .. })));
+    // RLE: a frame that decodes to fewer pixels than Rows × Columns.
+    let taller_rle = with_us(dicom("mono2_u16_rle"), 0x0010, 60);
+    assert!(matches!(
+        decode(&taller_rle),
+        Err(VisionError::Corrupt { detail, .. }) if detail.contains("RLE segment")
+    ));
+}
+
+#[test]
+fn truncated_files_are_corrupt_at_every_cut() {
+    for &(name, _, _) in FIXTURES {
+        let bytes = dicom(name);
+        for cut in 0..bytes.len() {
+            let result = catch_unwind(AssertUnwindSafe(|| decode(&bytes[..cut])))
+                .unwrap_or_else(|_| panic!("{name} cut at {cut}: panicked"));
+            let ok = match cut {
+                0 => matches!(result, Err(VisionError::Empty)),
+                1..=128 => matches!(result, Err(VisionError::UnsupportedFormat { .. })),
+                _ => matches!(result, Err(VisionError::Corrupt { .. })),
+            };
+            assert!(ok, "{name} cut at {cut} of {}: {result:?}", bytes.len());
+        }
+    }
+    // The unsupported file: inside the meta group it is corrupt; once the
+    // transfer syntax is read, unsupported.
+    let bytes = dicom("unsupported_jpeg2000");
+    for cut in 129..bytes.len() {
+        let result = decode(&bytes[..cut]);
+        assert!(
+            matches!(
+                result,
+                Err(VisionError::Corrupt { .. } | VisionError::UnsupportedFormat { .. })
+            ),
+            "unsupported_jpeg2000 cut at {cut}: {result:?}"
+        );
+    }
+}
+
+fn pseudo_random(n: usize, mut seed: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 56) as u8
+        })
+        .collect()
+}
+
+/// Seeded byte flips and overwritten runs over every fixture, denser in
+/// the header: a value or a typed error, never a panic.
+#[test]
+fn mutated_files_never_panic() {
+    let mut panics = Vec::new();
+    let mut outcomes = [0usize; 2];
+    for &(name, _, _) in FIXTURES
+        .iter()
+        .chain(&[("unsupported_jpeg2000", (0, 0), 0)])
+    {
+        let original = dicom(name);
+        let len = original.len();
+        let noise = pseudo_random(4 * 600, 7 + len as u64);
+        for (k, r) in noise.chunks(4).enumerate() {
+            let mut v = original.clone();
+            let at = usize::from(r[0]) << 8 | usize::from(r[1]);
+            // Two thirds of the mutations in the first 1 KiB (the header).
+            let pos = if k % 3 == 2 {
+                at % len
+            } else {
+                at % len.min(1024)
+            };
+            if k % 4 == 0 {
+                for (j, b) in v.iter_mut().skip(pos).take(6).enumerate() {
+                    *b = r[2].wrapping_add(j as u8 * 37);
+                }
+            } else {
+                v[pos] ^= r[2] | 1;
+            }
+            match catch_unwind(AssertUnwindSafe(|| decode(&v))) {
+                Err(_) => panics.push(format!("{name} mutation {k}")),
+                Ok(r) => {
+                    if let Ok(img) = &r {
+                        assert_eq!(
+                            img.pixels.len() as u64,
+                            u64::from(img.width) * u64::from(img.height)
+                        );
+                    }
+                    outcomes[usize::from(r.is_ok())] += 1;
+                }
+            }
+        }
+    }
+    println!("errors {}, decoded {}", outcomes[0], outcomes[1]);
+    assert!(panics.is_empty(), "panicked on: {panics:?}");
+}
+
+#[test]
+fn hand_made_corner_cases() {
+    // A valid 8-bit file with min–max: 0..=15 becomes 0..=255 in steps of 17.
+    let pixels: Vec<u8> = (0..16).collect();
+    let img = decode(&tiny_dicom(4, 4, &pixels)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(img.pixels, (0..16).map(|v| v * 17).collect::<Vec<u8>>());
+
+    // A flat image (min = max) is all 0.
+    let img = decode(&tiny_dicom(2, 2, &[9; 4])).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(img.pixels, [0; 4]);
+
+    // Zero rows.
+    assert!(matches!(
+        decode(&tiny_dicom(0, 4, &[])),
+        Err(VisionError::Corrupt { detail, .. }) if detail.contains("zero-sized")
+    ));
+
+    // No Pixel Data.
+    let no_pixels = dcm_file(EXPLICIT_VR_LE, &dcm_mono8_attributes(2, 2));
+    assert!(matches!(
+        decode(&no_pixels),
+        Err(VisionError::Corrupt { detail, .. }) if detail.contains("no Pixel Data")
+    ));
+
+    // Sequences nested deeper than the walk allows.
+    let mut ds = Vec::new();
+    for _ in 0..40 {
+        ds.extend(dcm_header(0x0008, 0x1140, b"SQ", u32::MAX));
+        ds.extend(dcm_item(0xE000, u32::MAX));
+    }
+    for _ in 0..40 {
+        ds.extend(dcm_item(0xE00D, 0));
+        ds.extend(dcm_item(0xE0DD, 0));
+    }
+    ds.extend(dcm_mono8_attributes(1, 1));
+    ds.extend(dcm_element(0x7FE0, 0x0010, b"OB", &[0, 0]));
+    assert!(matches!(
+        decode(&dcm_file(EXPLICIT_VR_LE, &ds)),
+        Err(VisionError::Corrupt { detail, .. }) if detail.contains("nested")
+    ));
+
+    // Sequences nested a few deep are stepped over.
+    let mut ds = Vec::new();
+    for _ in 0..4 {
+        ds.extend(dcm_header(0x0008, 0x1140, b"SQ", u32::MAX));
+        ds.extend(dcm_item(0xE000, u32::MAX));
+    }
+    ds.extend(dcm_text(0x0008, 0x1150, b"UI", "1.2.3"));
+    for _ in 0..4 {
+        ds.extend(dcm_item(0xE00D, 0));
+        ds.extend(dcm_item(0xE0DD, 0));
+    }
+    ds.extend(dcm_mono8_attributes(1, 2));
+    ds.extend(dcm_element(0x7FE0, 0x0010, b"OB", &[10, 20]));
+    let img = decode(&dcm_file(EXPLICIT_VR_LE, &ds)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(img.pixels, [0, 255]);
+
+    // Unsupported photometric interpretation and bit depth, by name.
+    // (Of a repeated attribute the first wins, so PALETTE COLOR goes before
+    // the MONOCHROME2 of the common attributes.)
+    let mut ds = dcm_text(0x0028, 0x0004, b"CS", "PALETTE COLOR");
+    ds.extend(dcm_mono8_attributes(1, 1));
+    ds.extend(dcm_element(0x7FE0, 0x0010, b"OB", &[0, 0]));
+    assert!(matches!(
+        decode(&dcm_file(EXPLICIT_VR_LE, &ds)),
+        Err(VisionError::UnsupportedFormat { detail }) if detail.contains("PALETTE COLOR")
+    ));
+    let mut ds = dcm_us(0x0028, 0x0100, 32);
+    ds.extend(dcm_mono8_attributes(1, 1));
+    ds.extend(dcm_element(0x7FE0, 0x0010, b"OB", &[0; 4]));
+    assert!(matches!(
+        decode(&dcm_file(EXPLICIT_VR_LE, &ds)),
+        Err(VisionError::UnsupportedFormat { detail }) if detail.contains("Bits Allocated 32")
+    ));
+
+    // Encapsulated pixel data under a native transfer syntax.
+    let mut ds = dcm_mono8_attributes(1, 1);
+    ds.extend(dcm_header(0x7FE0, 0x0010, b"OB", u32::MAX));
+    ds.extend(dcm_item(0xE000, 0));
+    ds.extend(dcm_item(0xE000, 2));
+    ds.extend_from_slice(&[1, 2]);
+    ds.extend(dcm_item(0xE0DD, 0));
+    assert!(matches!(
+        decode(&dcm_file(EXPLICIT_VR_LE, &ds)),
+        Err(VisionError::Corrupt { detail, .. }) if detail.contains("encapsulated")
+    ));
+}
