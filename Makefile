@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: help test test-unit lint fmt build deps stack-up stack-down stack-status demo clean-stack bench fuzz
+.PHONY: help test test-unit lint fmt build deps stack-up stack-down stack-status demo clean-stack bench bench-models fuzz model-parity
 
 help:
 	@echo "make test        lint, then every test, with the local Kafka broker and S3 server (started if needed)"
@@ -15,6 +15,8 @@ help:
 	@echo "make demo        send a training request through the local broker and read it back"
 	@echo "make bench       ingest 5,000 synthetic 1024 px images into local S3, beside the aws CLI"
 	@echo "make fuzz        fuzz the image decode path (nightly + cargo-fuzz; FUZZ_SECONDS=600)"
+	@echo "make model-parity  full-size DenseNet-121 / SE-ResNet against PyTorch (installs torch from PyPI)"
+	@echo "make bench-models  CPU forward: candle, fused, PyTorch side by side (needs torch)"
 
 # Everything CI runs. CHEXVISION_REQUIRE_STACK=1 turns a missing server into a
 # failure instead of a skip, so the Kafka and S3 suites really run.
@@ -84,3 +86,17 @@ fuzz:
 	mkdir -p .fuzz-corpus
 	cd shared/vision/fuzz && cargo +nightly fuzz run decode --fuzz-dir . \
 	  ../../../.fuzz-corpus corpus/decode -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048
+
+# Full-size parity with PyTorch: fixtures generated (not committed), the
+# torchvision weight converter exercised, then the ignored parity tests.
+PYTHON ?= python3
+model-parity:
+	$(PYTHON) -c "import torch, torchvision, safetensors" 2>/dev/null || \
+	  $(PYTHON) -m pip install -q torch torchvision safetensors
+	dir=$$(mktemp -d) && trap 'rm -rf "$$dir"' EXIT && \
+	  $(PYTHON) scripts/make_model_fixtures.py --full "$$dir" && \
+	  $(PYTHON) scripts/convert_torchvision_weights.py "$$dir/densenet121_torchvision_legacy.pth" "$$dir/densenet121_converted.safetensors" && \
+	  CHEXVISION_FULL_MODEL_FIXTURES="$$dir" $(CARGO) test --release --locked -p chexvision-models --test parity -- --ignored
+
+bench-models:
+	scripts/bench_models.sh $(or $(REPS),5)

@@ -28,6 +28,7 @@ import argparse
 import copy
 import json
 import os
+import re
 
 import torch
 import torch.nn as nn
@@ -208,6 +209,17 @@ def main():
         cfg = {"growth_rate": 32, "block_config": [6, 12, 24, 16], "num_init_features": 64, "bn_size": 4}
         net = DualDenseNet(cfg["growth_rate"], tuple(cfg["block_config"]), cfg["num_init_features"], cfg["bn_size"])
         write(net, "densenet121", args.full, 2, 224, 121, cfg, float64_reference=True)
+        # The same backbone as torchvision's published file stores it
+        # (legacy `norm.1` key names, a 1000-class classifier), for the
+        # converter test: convert_torchvision_weights.py turns it back.
+        legacy = {}
+        for k, v in net.state_dict().items():
+            if k.startswith("heads."):
+                continue
+            legacy[re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k)] = v
+        legacy["classifier.weight"] = torch.zeros(1000, 1024)
+        legacy["classifier.bias"] = torch.zeros(1000)
+        torch.save(legacy, os.path.join(args.full, "densenet121_torchvision_legacy.pth"))
         torch.manual_seed(50)
         cfg = {"blocks": [3, 4, 6, 3], "widths": [64, 128, 256, 512], "stem_width": 64, "se_reduction": 16, "dropout": 0.0}
         net = SEResNet(cfg["blocks"], cfg["widths"], cfg["stem_width"], cfg["se_reduction"], cfg["dropout"])

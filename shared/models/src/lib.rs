@@ -13,12 +13,15 @@
 //!   BatchNorm running statistics included.
 //! * [`grad_cam`]: class activation heatmaps for any of the outputs, and a
 //!   colour overlay PNG.
+//! * [`CpuInference`]: the eval-mode forward pass fused for CPU (BatchNorm
+//!   folded, no concatenation, direct `gemm`), for serving.
 //! * [`bce_with_logits`]: the numerically stable loss with `pos_weight`.
 //!
 //! Parity with PyTorch is tested against fixtures made by
 //! `scripts/make_model_fixtures.py` (tests/parity.rs).
 
 mod checkpoint;
+mod cpu;
 mod densenet;
 mod error;
 mod gradcam;
@@ -32,6 +35,7 @@ pub use checkpoint::{
     checkpoint_bytes, load_torchvision_backbone, read_meta, tensors_sha256, varmap_tensors,
     BackboneLoad, Checkpoint, CheckpointMeta, Normalization,
 };
+pub use cpu::CpuInference;
 pub use densenet::{DenseNet, DenseNetConfig};
 pub use error::{ModelError, Result};
 pub use gradcam::{grad_cam, overlay_png, GradCam};

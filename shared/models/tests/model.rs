@@ -474,7 +474,10 @@ fn grad_cam_is_the_weighted_feature_map() {
     let tensors = varmap_tensors(&varmap);
     let fmap = model.feature_map(&x, false).unwrap(); // (1, C, h, w)
     let (_, c, h, w) = fmap.dims4().unwrap();
-    for output in [0usize, 6, 14] {
+    // The model is randomly initialised: for some outputs no channel
+    // supports the logit and the map is all zero, which Grad-CAM must say.
+    let mut compared = 0;
+    for output in 0..15usize {
         let cam = grad_cam(&model, &x, output).unwrap();
         assert_eq!(
             (cam.width, cam.height, cam.heatmap.len()),
@@ -504,7 +507,14 @@ fn grad_cam_is_the_weighted_feature_map() {
             .to_vec1::<f32>()
             .unwrap();
         let max = manual.iter().copied().fold(0f32, f32::max);
-        assert!(max > 0.0, "degenerate test input for output {output}");
+        if max == 0.0 {
+            assert!(
+                cam.heatmap.iter().all(|&v| v == 0.0),
+                "output {output}: expected an empty map"
+            );
+            continue;
+        }
+        compared += 1;
         let worst = manual
             .iter()
             .zip(&cam.heatmap)
@@ -525,6 +535,7 @@ fn grad_cam_is_the_weighted_feature_map() {
             .unwrap()[0];
         assert!((p - cam.probability).abs() < 1e-6);
     }
+    assert!(compared >= 3, "only {compared} outputs had a non-empty map");
 
     let cam = grad_cam(&model, &x, 2).unwrap();
     let gray: Vec<u8> = (0..64 * 64).map(|i| (i % 251) as u8).collect();

@@ -1,0 +1,853 @@
+//! A fused CPU inference path for both networks, numerically the eval-mode
+//! forward of [`ChestModel`](crate::ChestModel) (same weights, same
+//! outputs within float rounding) but built for speed:
+//!
+//! * every BatchNorm that directly follows a convolution is folded into it
+//!   (weights scaled, a bias added), and ReLU runs in the same pass as the
+//!   bias;
+//! * a DenseNet block writes each layer's new channels into one
+//!   preallocated buffer, so there is no concatenation;
+//! * a DenseNet transition averages the 2×2 pool before its 1×1
+//!   convolution (both are linear, so they commute): a quarter of the work;
+//! * convolutions are `gemm` calls on an im2col matrix built a few output
+//!   rows at a time (bounded memory), written straight into the output;
+//! * a batch runs one image per thread; a single image uses all threads
+//!   inside each matrix multiply.
+//!
+//! Weights are plain `f32` arrays; no autograd graph exists here.
+
+use std::collections::BTreeMap;
+
+use candle_core::{Device, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::{DualLogits, ModelConfig, ModelError, Result};
+
+const BN_EPS: f32 = 1e-5;
+/// Output pixels per im2col tile: bounds the im2col buffer to
+/// `cin·k² × TILE_PIXELS` floats.
+const TILE_PIXELS: usize = 2048;
+
+/// A convolution with its following BatchNorm folded in.
+#[derive(Debug, Clone)]
+struct Conv {
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    /// (cout, cin·k·k), row-major: PyTorch's layout.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// An eval-mode BatchNorm as a per-channel affine map.
+#[derive(Debug, Clone)]
+struct Affine {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+}
+
+#[derive(Debug, Clone)]
+struct Linear {
+    cin: usize,
+    cout: usize,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+struct Weights<'a> {
+    tensors: &'a BTreeMap<String, Tensor>,
+}
+
+impl Weights<'_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::Weights(format!("no tensor `{name}`")))?;
+        if t.dims() != shape {
+            return Err(ModelError::Weights(format!(
+                "`{name}` has shape {:?}, expected {shape:?}",
+                t.dims()
+            )));
+        }
+        Ok(t.to_device(&Device::Cpu)?
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    }
+
+    fn affine(&self, prefix: &str, c: usize) -> Result<Affine> {
+        let weight = self.get(&format!("{prefix}.weight"), &[c])?;
+        let bias = self.get(&format!("{prefix}.bias"), &[c])?;
+        let mean = self.get(&format!("{prefix}.running_mean"), &[c])?;
+        let var = self.get(&format!("{prefix}.running_var"), &[c])?;
+        let scale: Vec<f32> = weight
+            .iter()
+            .zip(&var)
+            .map(|(w, v)| w / (v + BN_EPS).sqrt())
+            .collect();
+        let shift = bias
+            .iter()
+            .zip(&mean)
+            .zip(&scale)
+            .map(|((b, m), s)| b - m * s)
+            .collect();
+        Ok(Affine { scale, shift })
+    }
+
+    /// Convolution `conv` (no bias) followed by BatchNorm `bn`, folded.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_bn(
+        &self,
+        conv: &str,
+        bn: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Result<Conv> {
+        let mut weight = self.get(&format!("{conv}.weight"), &[cout, cin, k, k])?;
+        let affine = self.affine(bn, cout)?;
+        let per_out = cin * k * k;
+        for (o, row) in weight.chunks_mut(per_out).enumerate() {
+            row.iter_mut().for_each(|w| *w *= affine.scale[o]);
+        }
+        Ok(Conv {
+            cin,
+            cout,
+            k,
+            stride,
+            pad,
+            weight,
+            bias: affine.shift,
+        })
+    }
+
+    /// Convolution without a BatchNorm after it (zero bias).
+    fn conv(
+        &self,
+        conv: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Result<Conv> {
+        Ok(Conv {
+            cin,
+            cout,
+            k,
+            stride,
+            pad,
+            weight: self.get(&format!("{conv}.weight"), &[cout, cin, k, k])?,
+            bias: vec![0.0; cout],
+        })
+    }
+
+    fn linear(&self, prefix: &str, cin: usize, cout: usize) -> Result<Linear> {
+        Ok(Linear {
+            cin,
+            cout,
+            weight: self.get(&format!("{prefix}.weight"), &[cout, cin])?,
+            bias: self.get(&format!("{prefix}.bias"), &[cout])?,
+        })
+    }
+}
+
+fn out_len(len: usize, k: usize, stride: usize, pad: usize) -> usize {
+    (len + 2 * pad).saturating_sub(k) / stride + 1
+}
+
+impl Conv {
+    fn out_dims(&self, h: usize, w: usize) -> (usize, usize) {
+        (
+            out_len(h, self.k, self.stride, self.pad),
+            out_len(w, self.k, self.stride, self.pad),
+        )
+    }
+
+    /// `out[cout, ho·wo] = W · im2col(input[cin, h·w]) + bias`, ReLU if
+    /// asked. `out` may be a channel range of a larger buffer. With more
+    /// than one thread the output rows are split between threads, each
+    /// running its own single-threaded multiply (gemm's own threading
+    /// costs more than it gains on these shapes).
+    fn run(&self, input: &[f32], h: usize, w: usize, out: &mut [f32], relu: bool, threads: usize) {
+        let (ho, wo) = self.out_dims(h, w);
+        assert_eq!(input.len(), self.cin * h * w, "conv input size");
+        assert_eq!(out.len(), self.cout * ho * wo, "conv output size");
+        if threads <= 1 || ho < 2 * threads {
+            self.run_rows(input, h, w, SharedOut(out.as_mut_ptr()), 0, ho, relu);
+            return;
+        }
+        let dst = SharedOut(out.as_mut_ptr());
+        let per = ho.div_ceil(threads);
+        rayon::scope(|scope| {
+            for t in 0..threads {
+                let (r0, r1) = (t * per, ((t + 1) * per).min(ho));
+                if r0 >= r1 {
+                    continue;
+                }
+                scope.spawn(move |_| self.run_rows(input, h, w, dst, r0, r1, relu));
+            }
+        });
+    }
+
+    /// Output rows r0..r1 of every channel.
+    #[allow(clippy::too_many_arguments)]
+    fn run_rows(
+        &self,
+        input: &[f32],
+        h: usize,
+        w: usize,
+        out: SharedOut,
+        r0: usize,
+        r1: usize,
+        relu: bool,
+    ) {
+        let (ho, wo) = self.out_dims(h, w);
+        let hw_out = ho * wo;
+        let kk = self.cin * self.k * self.k;
+        if self.k == 1 && self.stride == 1 && self.pad == 0 {
+            // SAFETY: rows r0..r1 of each of the cout output planes lie in
+            // `out` (checked by the caller) and belong to this call only.
+            unsafe {
+                gemm_into(
+                    out.0.add(r0 * wo),
+                    hw_out,
+                    &self.weight,
+                    self.cout,
+                    kk,
+                    input.as_ptr().add(r0 * w),
+                    h * w,
+                    (r1 - r0) * wo,
+                );
+            }
+        } else {
+            COL.with(|col| {
+                let mut col = col.borrow_mut();
+                let rows_per_tile = (TILE_PIXELS / wo.max(1)).max(1);
+                let mut t0 = r0;
+                while t0 < r1 {
+                    let t1 = (t0 + rows_per_tile).min(r1);
+                    let cols = (t1 - t0) * wo;
+                    col.clear();
+                    col.resize(kk * cols, 0.0);
+                    self.im2col(input, h, w, t0, t1, wo, &mut col);
+                    // SAFETY: as above, rows t0..t1 ⊂ r0..r1.
+                    unsafe {
+                        gemm_into(
+                            out.0.add(t0 * wo),
+                            hw_out,
+                            &self.weight,
+                            self.cout,
+                            kk,
+                            col.as_ptr(),
+                            cols,
+                            cols,
+                        );
+                    }
+                    t0 = t1;
+                }
+            });
+        }
+        for c in 0..self.cout {
+            let b = self.bias[c];
+            // SAFETY: as above.
+            let row = unsafe {
+                std::slice::from_raw_parts_mut(out.0.add(c * hw_out + r0 * wo), (r1 - r0) * wo)
+            };
+            if relu {
+                row.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+            } else if b != 0.0 {
+                row.iter_mut().for_each(|v| *v += b);
+            }
+        }
+    }
+
+    /// Columns for output rows r0..r1: row index (ci·k + ky)·k + kx.
+    #[allow(clippy::too_many_arguments)]
+    fn im2col(
+        &self,
+        input: &[f32],
+        h: usize,
+        w: usize,
+        r0: usize,
+        r1: usize,
+        wo: usize,
+        col: &mut [f32],
+    ) {
+        let (k, s, p) = (self.k, self.stride, self.pad);
+        let cols = (r1 - r0) * wo;
+        // Valid output x range for a kernel column kx: 0 ≤ ox·s − p + kx < w.
+        let x_range = |kx: usize| {
+            let lo = p.saturating_sub(kx).div_ceil(s);
+            let hi = if w + p > kx {
+                ((w + p - kx - 1) / s + 1).min(wo)
+            } else {
+                0
+            };
+            (lo.min(hi), hi)
+        };
+        for ci in 0..self.cin {
+            let plane = &input[ci * h * w..(ci + 1) * h * w];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = (ci * k + ky) * k + kx;
+                    let dst_row = &mut col[row * cols..(row + 1) * cols];
+                    let (lo, hi) = x_range(kx);
+                    for (t, oy) in (r0..r1).enumerate() {
+                        let iy = (oy * s + ky) as isize - p as isize;
+                        if iy < 0 || iy >= h as isize || lo >= hi {
+                            continue; // already zero
+                        }
+                        let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                        let dst = &mut dst_row[t * wo..(t + 1) * wo];
+                        let ix0 = lo * s + kx - p;
+                        if s == 1 {
+                            dst[lo..hi].copy_from_slice(&src[ix0..ix0 + (hi - lo)]);
+                        } else {
+                            for (j, d) in dst[lo..hi].iter_mut().enumerate() {
+                                *d = src[ix0 + j * s];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A raw output pointer handed to threads that write disjoint rows.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: threads given a `SharedOut` write disjoint row ranges only.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+thread_local! {
+    /// Each thread's im2col buffer, reused across layers and calls.
+    static COL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `dst[m, n] = lhs[m, k] · rhs[k, n]`, `dst` rows `dst_rs` apart, `rhs`
+/// rows `rhs_rs` apart, all row-major.
+///
+/// # Safety
+/// `dst` must be valid for `m` rows of `n` floats `dst_rs` apart, `rhs`
+/// for `k` rows of `n` floats `rhs_rs` apart, and they must not overlap.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into(
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: &[f32],
+    m: usize,
+    k: usize,
+    rhs: *const f32,
+    rhs_rs: usize,
+    n: usize,
+) {
+    debug_assert_eq!(lhs.len(), m * k);
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        lhs.as_ptr(),
+        1,
+        k as isize,
+        rhs,
+        1,
+        rhs_rs as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
+}
+
+fn max_pool_3x3_s2_p1(
+    input: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    out: &mut [f32],
+) -> (usize, usize) {
+    let (ho, wo) = (out_len(h, 3, 2, 1), out_len(w, 3, 2, 1));
+    for ch in 0..c {
+        let plane = &input[ch * h * w..(ch + 1) * h * w];
+        let dst = &mut out[ch * ho * wo..(ch + 1) * ho * wo];
+        for oy in 0..ho {
+            let y0 = (oy * 2).saturating_sub(1);
+            let y1 = (oy * 2 + 2).min(h);
+            for ox in 0..wo {
+                let x0 = (ox * 2).saturating_sub(1);
+                let x1 = (ox * 2 + 2).min(w);
+                let mut m = f32::NEG_INFINITY;
+                for y in y0..y1 {
+                    for &v in &plane[y * w + x0..y * w + x1] {
+                        if v > m || v.is_nan() {
+                            m = v;
+                        }
+                    }
+                }
+                dst[oy * wo + ox] = m;
+            }
+        }
+    }
+    (ho, wo)
+}
+
+impl Affine {
+    /// `out = relu(scale·x + shift)` per channel.
+    fn relu_into(&self, input: &[f32], hw: usize, out: &mut [f32], threads: usize) {
+        let f = |(c, (src, dst)): (usize, (&[f32], &mut [f32]))| {
+            let (s, t) = (self.scale[c], self.shift[c]);
+            for (d, &x) in dst.iter_mut().zip(src) {
+                *d = (x * s + t).max(0.0);
+            }
+        };
+        if threads > 1 {
+            input
+                .par_chunks(hw)
+                .zip(out.par_chunks_mut(hw))
+                .enumerate()
+                .for_each(f);
+        } else {
+            input
+                .chunks(hw)
+                .zip(out.chunks_mut(hw))
+                .enumerate()
+                .for_each(f);
+        }
+    }
+
+    /// `out = avgpool2x2(relu(scale·x + shift))` per channel (floor sizes).
+    fn relu_avg_pool2_into(
+        &self,
+        input: &[f32],
+        h: usize,
+        w: usize,
+        out: &mut [f32],
+    ) -> (usize, usize) {
+        let (ho, wo) = (h / 2, w / 2);
+        for (c, (src, dst)) in input.chunks(h * w).zip(out.chunks_mut(ho * wo)).enumerate() {
+            let (s, t) = (self.scale[c], self.shift[c]);
+            let f = |x: f32| (x * s + t).max(0.0);
+            for oy in 0..ho {
+                let a = &src[2 * oy * w..];
+                let b = &src[(2 * oy + 1) * w..];
+                for ox in 0..wo {
+                    dst[oy * wo + ox] =
+                        0.25 * (f(a[2 * ox]) + f(a[2 * ox + 1]) + f(b[2 * ox]) + f(b[2 * ox + 1]));
+                }
+            }
+        }
+        (ho, wo)
+    }
+
+    /// Global mean of relu(scale·x + shift) per channel.
+    fn relu_mean(&self, input: &[f32], hw: usize) -> Vec<f32> {
+        input
+            .chunks(hw)
+            .enumerate()
+            .map(|(c, src)| {
+                let (s, t) = (self.scale[c], self.shift[c]);
+                src.iter().map(|&x| (x * s + t).max(0.0)).sum::<f32>() / hw as f32
+            })
+            .collect()
+    }
+}
+
+impl Linear {
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        self.weight
+            .chunks(self.cin)
+            .zip(&self.bias)
+            .map(|(row, b)| row.iter().zip(x).map(|(w, v)| w * v).sum::<f32>() + b)
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DenseLayerPlan {
+    norm1: Affine,
+    /// conv1 with norm2 folded; ReLU after.
+    conv1: Conv,
+    conv2: Conv,
+}
+
+#[derive(Debug, Clone)]
+struct DenseNetPlan {
+    stem: Conv,
+    blocks: Vec<Vec<DenseLayerPlan>>,
+    /// (norm, 1×1 conv) per transition.
+    transitions: Vec<(Affine, Conv)>,
+    norm5: Affine,
+    growth: usize,
+    init_features: usize,
+}
+
+#[derive(Debug, Clone)]
+struct SeBlockPlan {
+    conv1: Conv,
+    conv2: Conv,
+    fc1: Linear,
+    fc2: Linear,
+    downsample: Option<Conv>,
+}
+
+#[derive(Debug, Clone)]
+struct SeResNetPlan {
+    stem: Conv,
+    blocks: Vec<SeBlockPlan>,
+}
+
+#[derive(Debug, Clone)]
+enum Plan {
+    DenseNet(DenseNetPlan),
+    SeResNet(SeResNetPlan),
+}
+
+/// The fused CPU forward pass of a model, from its tensors.
+#[derive(Debug, Clone)]
+pub struct CpuInference {
+    plan: Plan,
+    multilabel: Linear,
+    binary: Linear,
+}
+
+/// Per-thread working memory, reused across layers.
+#[derive(Default)]
+struct Scratch {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+}
+
+fn resize(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
+}
+
+impl CpuInference {
+    /// Builds the fused plan from a model's tensors (a checkpoint's, or a
+    /// `VarMap`'s through [`crate::varmap_tensors`]).
+    pub fn new(
+        config: &ModelConfig,
+        num_findings: usize,
+        tensors: &BTreeMap<String, Tensor>,
+    ) -> Result<Self> {
+        let wts = Weights { tensors };
+        let plan = match config {
+            ModelConfig::Densenet(c) => {
+                c.validate()?;
+                let k = c.growth_rate;
+                let mid = c.bn_size * k;
+                let stem = wts.conv_bn(
+                    "features.conv0",
+                    "features.norm0",
+                    3,
+                    c.num_init_features,
+                    7,
+                    2,
+                    3,
+                )?;
+                let mut channels = c.num_init_features;
+                let mut blocks = Vec::new();
+                let mut transitions = Vec::new();
+                for (i, &layers) in c.block_config.iter().enumerate() {
+                    let mut block = Vec::with_capacity(layers);
+                    for j in 0..layers {
+                        let p = format!("features.denseblock{}.denselayer{}", i + 1, j + 1);
+                        let cin = channels + j * k;
+                        block.push(DenseLayerPlan {
+                            norm1: wts.affine(&format!("{p}.norm1"), cin)?,
+                            conv1: wts.conv_bn(
+                                &format!("{p}.conv1"),
+                                &format!("{p}.norm2"),
+                                cin,
+                                mid,
+                                1,
+                                1,
+                                0,
+                            )?,
+                            conv2: wts.conv(&format!("{p}.conv2"), mid, k, 3, 1, 1)?,
+                        });
+                    }
+                    channels += layers * k;
+                    blocks.push(block);
+                    if i + 1 < c.block_config.len() {
+                        let out = (channels as f64 * c.compression).floor() as usize;
+                        let p = format!("features.transition{}", i + 1);
+                        transitions.push((
+                            wts.affine(&format!("{p}.norm"), channels)?,
+                            wts.conv(&format!("{p}.conv"), channels, out, 1, 1, 0)?,
+                        ));
+                        channels = out;
+                    }
+                }
+                Plan::DenseNet(DenseNetPlan {
+                    stem,
+                    blocks,
+                    transitions,
+                    norm5: wts.affine("features.norm5", channels)?,
+                    growth: k,
+                    init_features: c.num_init_features,
+                })
+            }
+            ModelConfig::SeResnet(c) => {
+                c.validate()?;
+                let stem = wts.conv_bn("conv1", "bn1", 3, c.stem_width, 7, 2, 3)?;
+                let mut cin = c.stem_width;
+                let mut blocks = Vec::new();
+                for (i, (&n, &width)) in c.blocks.iter().zip(&c.widths).enumerate() {
+                    for j in 0..n {
+                        let p = format!("layer{}.{j}", i + 1);
+                        let stride = if j == 0 && i > 0 { 2 } else { 1 };
+                        let hidden = (width / c.se_reduction).max(1);
+                        let downsample = if stride != 1 || cin != width {
+                            Some(wts.conv_bn(
+                                &format!("{p}.downsample.0"),
+                                &format!("{p}.downsample.1"),
+                                cin,
+                                width,
+                                1,
+                                stride,
+                                0,
+                            )?)
+                        } else {
+                            None
+                        };
+                        blocks.push(SeBlockPlan {
+                            conv1: wts.conv_bn(
+                                &format!("{p}.conv1"),
+                                &format!("{p}.bn1"),
+                                cin,
+                                width,
+                                3,
+                                stride,
+                                1,
+                            )?,
+                            conv2: wts.conv_bn(
+                                &format!("{p}.conv2"),
+                                &format!("{p}.bn2"),
+                                width,
+                                width,
+                                3,
+                                1,
+                                1,
+                            )?,
+                            fc1: wts.linear(&format!("{p}.se.fc1"), width, hidden)?,
+                            fc2: wts.linear(&format!("{p}.se.fc2"), hidden, width)?,
+                            downsample,
+                        });
+                        cin = width;
+                    }
+                }
+                Plan::SeResNet(SeResNetPlan { stem, blocks })
+            }
+        };
+        let features = config.num_features();
+        Ok(Self {
+            plan,
+            multilabel: wts.linear("heads.multilabel", features, num_findings)?,
+            binary: wts.linear("heads.binary", features, 1)?,
+        })
+    }
+
+    pub fn num_findings(&self) -> usize {
+        self.multilabel.cout
+    }
+
+    /// Eval-mode logits for a batch (N, 3, H, W) of normalised images.
+    pub fn forward(&self, x: &Tensor) -> Result<DualLogits> {
+        crate::layers::check_input(x)?;
+        let (n, _, h, w) = x.dims4()?;
+        let data = x
+            .to_device(&Device::Cpu)?
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let per_image = 3 * h * w;
+        let threads = rayon::current_num_threads().max(1);
+        // One image per thread when the batch can fill the threads;
+        // otherwise every thread inside each matrix multiply.
+        let pooled: Vec<Vec<f32>> = if n >= threads {
+            data.par_chunks(per_image)
+                .map(|img| self.features(img, h, w, 1))
+                .collect()
+        } else {
+            data.chunks(per_image)
+                .map(|img| self.features(img, h, w, threads))
+                .collect()
+        };
+        let mut findings = Vec::with_capacity(n * self.multilabel.cout);
+        let mut abnormal = Vec::with_capacity(n);
+        for f in &pooled {
+            findings.extend(self.multilabel.apply(f));
+            abnormal.extend(self.binary.apply(f));
+        }
+        Ok(DualLogits {
+            findings: Tensor::from_vec(findings, (n, self.multilabel.cout), x.device())?,
+            abnormal: Tensor::from_vec(abnormal, (n, 1), x.device())?,
+        })
+    }
+
+    /// The pooled feature of one image (3·h·w floats).
+    fn features(&self, img: &[f32], h: usize, w: usize, threads: usize) -> Vec<f32> {
+        let mut s = Scratch::default();
+        match &self.plan {
+            Plan::DenseNet(p) => p.features(img, h, w, threads, &mut s),
+            Plan::SeResNet(p) => p.features(img, h, w, threads, &mut s),
+        }
+    }
+}
+
+impl DenseNetPlan {
+    fn features(
+        &self,
+        img: &[f32],
+        h: usize,
+        w: usize,
+        threads: usize,
+        s: &mut Scratch,
+    ) -> Vec<f32> {
+        // Stem: conv0 + norm0 + ReLU, then max pool into the first block.
+        let (sh, sw) = self.stem.out_dims(h, w);
+        let stem_out = resize(&mut s.a, self.stem.cout * sh * sw);
+        self.stem.run(img, h, w, stem_out, true, threads);
+        let (mut h, mut w) = (out_len(sh, 3, 2, 1), out_len(sw, 3, 2, 1));
+        let first_total = self.init_features + self.blocks[0].len() * self.growth;
+        let mut block_buf = vec![0f32; first_total * h * w];
+        max_pool_3x3_s2_p1(
+            &s.a[..self.stem.cout * sh * sw],
+            self.stem.cout,
+            sh,
+            sw,
+            &mut block_buf,
+        );
+        let mut channels = self.init_features;
+
+        for (i, block) in self.blocks.iter().enumerate() {
+            let hw = h * w;
+            for layer in block {
+                let (head, tail) = block_buf.split_at_mut(channels * hw);
+                let normed = resize(&mut s.a, channels * hw);
+                layer.norm1.relu_into(head, hw, normed, threads);
+                let mid = resize(&mut s.b, layer.conv1.cout * hw);
+                layer.conv1.run(normed, h, w, mid, true, threads);
+                let new = &mut tail[..self.growth * hw];
+                layer
+                    .conv2
+                    .run(&s.b[..layer.conv1.cout * hw], h, w, new, false, threads);
+                channels += self.growth;
+            }
+            if let Some((norm, conv)) = self.transitions.get(i) {
+                let (ph, pw) = (h / 2, w / 2);
+                let pooled = resize(&mut s.a, channels * ph * pw);
+                norm.relu_avg_pool2_into(&block_buf, h, w, pooled);
+                let next_total = conv.cout + self.blocks[i + 1].len() * self.growth;
+                let mut next = vec![0f32; next_total * ph * pw];
+                conv.run(
+                    &s.a[..channels * ph * pw],
+                    ph,
+                    pw,
+                    &mut next[..conv.cout * ph * pw],
+                    false,
+                    threads,
+                );
+                block_buf = next;
+                channels = conv.cout;
+                (h, w) = (ph, pw);
+            }
+        }
+        self.norm5.relu_mean(&block_buf[..channels * h * w], h * w)
+    }
+}
+
+impl SeResNetPlan {
+    fn features(
+        &self,
+        img: &[f32],
+        h: usize,
+        w: usize,
+        threads: usize,
+        s: &mut Scratch,
+    ) -> Vec<f32> {
+        let (sh, sw) = self.stem.out_dims(h, w);
+        let stem_out = resize(&mut s.a, self.stem.cout * sh * sw);
+        self.stem.run(img, h, w, stem_out, true, threads);
+        let (mut h, mut w) = (out_len(sh, 3, 2, 1), out_len(sw, 3, 2, 1));
+        let mut x = vec![0f32; self.stem.cout * h * w];
+        max_pool_3x3_s2_p1(
+            &s.a[..self.stem.cout * sh * sw],
+            self.stem.cout,
+            sh,
+            sw,
+            &mut x,
+        );
+        let mut channels = self.stem.cout;
+        for block in &self.blocks {
+            let (ho, wo) = block.conv1.out_dims(h, w);
+            let c = block.conv1.cout;
+            let t1 = resize(&mut s.a, c * ho * wo);
+            block.conv1.run(&x, h, w, t1, true, threads);
+            let mut out = vec![0f32; c * ho * wo];
+            block
+                .conv2
+                .run(&s.a[..c * ho * wo], ho, wo, &mut out, false, threads);
+            // Squeeze-excitation.
+            let squeezed: Vec<f32> = out
+                .chunks(ho * wo)
+                .map(|p| p.iter().sum::<f32>() / (ho * wo) as f32)
+                .collect();
+            let hidden: Vec<f32> = block
+                .fc1
+                .apply(&squeezed)
+                .into_iter()
+                .map(|v| v.max(0.0))
+                .collect();
+            let gates: Vec<f32> = block
+                .fc2
+                .apply(&hidden)
+                .into_iter()
+                .map(|v| 1.0 / (1.0 + (-v).exp()))
+                .collect();
+            // Shortcut, then out = relu(out·gate + shortcut).
+            let shortcut: &[f32] = match &block.downsample {
+                Some(conv) => {
+                    let sc = resize(&mut s.c, c * ho * wo);
+                    conv.run(&x, h, w, sc, false, threads);
+                    &s.c[..c * ho * wo]
+                }
+                None => &x[..channels * h * w],
+            };
+            for ((plane, sc), g) in out
+                .chunks_mut(ho * wo)
+                .zip(shortcut.chunks(ho * wo))
+                .zip(&gates)
+            {
+                for (o, &v) in plane.iter_mut().zip(sc) {
+                    *o = (*o * g + v).max(0.0);
+                }
+            }
+            x = out;
+            channels = c;
+            (h, w) = (ho, wo);
+        }
+        x.chunks(h * w)
+            .map(|p| p.iter().sum::<f32>() / (h * w) as f32)
+            .collect()
+    }
+}
