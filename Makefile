@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: help test test-unit lint fmt build deps stack-up stack-down stack-status demo clean-stack bench bench-models fuzz model-parity
+.PHONY: help test test-unit lint fmt build deps stack-up stack-down stack-status demo clean-stack bench bench-models fuzz model-parity cuda-build
 
 help:
 	@echo "make test        lint, then every test, with the local Kafka broker and S3 server (started if needed)"
@@ -17,13 +17,17 @@ help:
 	@echo "make fuzz        fuzz the image decode path (nightly + cargo-fuzz; FUZZ_SECONDS=600)"
 	@echo "make model-parity  full-size DenseNet-121 / SE-ResNet against PyTorch (installs torch from PyPI)"
 	@echo "make bench-models  CPU forward: candle, fused, PyTorch side by side (needs torch)"
+	@echo "make cuda-build  build the models with --features cuda (CUDA 13 toolchain from PyPI wheels; no GPU needed)"
 
 # Everything CI runs. CHEXVISION_REQUIRE_STACK=1 turns a missing server into a
 # failure instead of a skip, so the Kafka and S3 suites really run.
 # The last line sums every test binary's result ("N passed, N failed").
+# The preprocess end-to-end test runs the service binary this same run builds.
 test: lint deps
 	eval "$$(scripts/stack.sh up)" && \
-	  CHEXVISION_REQUIRE_STACK=1 $(CARGO) test --workspace --locked --lib --bins --tests 2>&1 \
+	  CHEXVISION_REQUIRE_STACK=1 \
+	  CHEXVISION_PREPROCESS_BIN="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/chexvision-preprocess" \
+	  $(CARGO) test --workspace --locked --lib --bins --tests 2>&1 \
 	  | awk '{ print } /^test result:/ { passed += $$4; failed += $$6 } \
 	         END { printf "%d passed, %d failed\n", passed, failed }'
 
@@ -100,3 +104,10 @@ model-parity:
 
 bench-models:
 	scripts/bench_models.sh $(or $(REPS),5)
+
+# The GPU path must keep compiling: candle's CUDA backend with a CUDA 13
+# toolchain from PyPI wheels and a stub driver (scripts/cuda_toolkit.sh).
+# Builds and links; running needs a GPU node.
+cuda-build:
+	eval "$$(scripts/cuda_toolkit.sh)" && \
+	  $(CARGO) build --locked -p chexvision-models --features cuda --examples
