@@ -139,6 +139,19 @@ impl ChestModel {
         Ok((model, varmap))
     }
 
+    /// Like [`Self::init`], but every variable drawn from `seed`
+    /// ([`crate::reinit_seeded`]): the same seed gives the same model.
+    pub fn init_seeded(
+        config: &ModelConfig,
+        num_findings: usize,
+        device: &Device,
+        seed: u64,
+    ) -> Result<(Self, VarMap)> {
+        let (model, varmap) = Self::init(config, num_findings, device)?;
+        crate::reinit_seeded(&varmap, config, seed)?;
+        Ok((model, varmap))
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }

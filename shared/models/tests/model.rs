@@ -549,3 +549,75 @@ fn grad_cam_is_the_weighted_feature_map() {
     );
     assert!(overlay_png(&gray[..10], &cam, 0.5).is_err());
 }
+
+#[test]
+fn seeded_init_is_reproducible_and_follows_the_rules() {
+    for config in [small_densenet(), small_se_resnet(0.0)] {
+        let (_, a) = ChestModel::init_seeded(&config, 14, &Device::Cpu, 7).unwrap();
+        let (_, b) = ChestModel::init_seeded(&config, 14, &Device::Cpu, 7).unwrap();
+        let (_, c) = ChestModel::init_seeded(&config, 14, &Device::Cpu, 8).unwrap();
+        let (ta, tb, tc) = (varmap_tensors(&a), varmap_tensors(&b), varmap_tensors(&c));
+        for (name, t) in &ta {
+            assert_eq!(
+                max_abs_diff(t, &tb[name]),
+                0.0,
+                "{name} differs for the same seed"
+            );
+            // Random draws (conv and linear weights) change with the seed.
+            if t.dims().len() >= 2 {
+                assert!(
+                    max_abs_diff(t, &tc[name]) > 0.0,
+                    "{name} did not change with the seed"
+                );
+            }
+        }
+        // BatchNorm starts as the identity; head biases at zero.
+        let bn = ta
+            .keys()
+            .find(|k| k.ends_with("running_var"))
+            .unwrap()
+            .clone();
+        let prefix = bn.trim_end_matches(".running_var");
+        let ones = |t: &Tensor| {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .all(|&v| v == 1.0)
+        };
+        assert!(ones(&ta[&bn]) && ones(&ta[&format!("{prefix}.weight")]));
+        let heads_bias = ta["heads.multilabel.bias"]
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(heads_bias, 0.0);
+        // Kaiming: the first conv's standard deviation is about √(2 / fan).
+        let conv = ta
+            .iter()
+            .find(|(k, t)| k.ends_with("weight") && t.dims().len() == 4)
+            .unwrap()
+            .1;
+        let d = conv.dims().to_vec();
+        let fan = match config {
+            ModelConfig::Densenet(_) => d[1] * d[2] * d[3],
+            ModelConfig::SeResnet(_) => d[0] * d[2] * d[3],
+        };
+        let std = conv
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .sqrt();
+        let want = (2.0 / fan as f32).sqrt();
+        assert!(
+            (std / want - 1.0).abs() < 0.15,
+            "conv std {std}, expected about {want}"
+        );
+    }
+}

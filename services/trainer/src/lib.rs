@@ -1,0 +1,45 @@
+//! CheXVision trainer, the recipe part: what one optimisation step does and
+//! how the run is scheduled, independent of where batches come from.
+//!
+//! * [`RecipeConfig`]: the training recipe's settings with the defaults of
+//!   the architecture (label smoothing 0.1, binary head weight 0.5, AdamW
+//!   with weight decay 1e-4, warm-up then cosine, accumulation 4, clipping
+//!   1.0, early stopping patience 15).
+//! * [`LrSchedule`]: linear warm-up, then cosine to a floor.
+//! * [`smooth_targets`], [`pos_weight_from_counts`]: the targets and class
+//!   weights of the loss.
+//! * [`AdamW`]: PyTorch's AdamW (decoupled weight decay, bias correction)
+//!   whose state can be saved and restored, for resuming a killed run.
+//! * [`GradAccumulator`]: sums micro-batch gradients, averages them and
+//!   clips their global norm before a step.
+//! * [`EarlyStopping`]: best validation macro AUC and patience.
+//! * [`Trainer`]: one step over a micro-batch and validation AUC for a
+//!   [`chexvision_models::ChestModel`].
+//!
+//! The data loader, the service (Kafka `TrainRequest`, run state in S3,
+//! checkpoints and resume) and `chexvision train` are not built yet.
+
+mod optim;
+mod recipe;
+mod train;
+
+pub use optim::{AdamW, GradAccumulator};
+pub use recipe::{pos_weight_from_counts, smooth_targets, EarlyStopping, LrSchedule, RecipeConfig};
+pub use train::{Batch, MicroStep, Trainer, Validation};
+
+/// What can go wrong in the recipe.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] chexvision_models::ModelError),
+    #[error(transparent)]
+    Candle(#[from] chexvision_models::candle_core::Error),
+    #[error("invalid recipe: {0}")]
+    Config(String),
+    #[error("optimiser state does not fit the model: {0}")]
+    OptimiserState(String),
+    #[error("loss is not finite ({0}) at step {1}")]
+    NonFiniteLoss(f32, u64),
+}
+
+pub type Result<T> = std::result::Result<T, TrainError>;

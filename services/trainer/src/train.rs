@@ -1,0 +1,253 @@
+//! One optimisation step at a time, and validation.
+
+use std::collections::BTreeMap;
+
+use chexvision_models::candle_core::{DType, Device, Tensor};
+use chexvision_models::candle_nn::VarMap;
+use chexvision_models::{dual_head_loss, trainable_vars, varmap_tensors, ChestModel, CpuInference};
+
+use crate::optim::{AdamW, GradAccumulator};
+use crate::recipe::{smooth_targets, LrSchedule, RecipeConfig};
+use crate::{Result, TrainError};
+
+/// A micro-batch: normalised images and their 0/1 labels.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// (B, 3, S, S) f32.
+    pub images: Tensor,
+    /// (B, findings) 0/1.
+    pub findings: Tensor,
+    /// (B, 1) 0/1: any finding.
+    pub abnormal: Tensor,
+}
+
+/// Validation metrics of one pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validation {
+    pub macro_auc: Option<f64>,
+    pub per_class_auc: Vec<Option<f64>>,
+    pub binary_auc: Option<f64>,
+    pub images: usize,
+}
+
+/// What [`Trainer::train_micro_batch`] did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MicroStep {
+    pub loss: f32,
+    /// An optimiser step happened after this micro-batch.
+    pub stepped: bool,
+    /// Learning rate of that step (heads).
+    pub lr: f64,
+    /// Gradient norm before clipping, when a step happened.
+    pub grad_norm: Option<f64>,
+}
+
+/// Drives a [`ChestModel`] built on `varmap` through the recipe.
+pub struct Trainer {
+    model: ChestModel,
+    varmap: VarMap,
+    recipe: RecipeConfig,
+    schedule: LrSchedule,
+    optimiser: AdamW,
+    accumulator: GradAccumulator,
+    pos_weight: Tensor,
+    step: u64,
+    finetuning: bool,
+}
+
+impl Trainer {
+    /// `pos_weight` has one entry per finding; `total_steps` is the number
+    /// of optimiser steps of the whole run (for the cosine).
+    pub fn new(
+        model: ChestModel,
+        varmap: VarMap,
+        recipe: RecipeConfig,
+        pos_weight: &[f32],
+        total_steps: u64,
+    ) -> Result<Self> {
+        recipe.validate()?;
+        if pos_weight.len() != model.num_findings() {
+            return Err(TrainError::Config(format!(
+                "pos_weight has {} entries, the model {} findings",
+                pos_weight.len(),
+                model.num_findings()
+            )));
+        }
+        let device = varmap
+            .all_vars()
+            .first()
+            .map(|v| v.device().clone())
+            .unwrap_or(Device::Cpu);
+        let vars = trainable_vars(&varmap, model.config(), false);
+        Ok(Self {
+            schedule: LrSchedule {
+                peak: recipe.learning_rate,
+                warmup_steps: recipe.warmup_steps,
+                total_steps,
+                min_factor: recipe.min_lr_factor,
+            },
+            optimiser: AdamW::new(vars, recipe.weight_decay),
+            accumulator: GradAccumulator::new(),
+            pos_weight: Tensor::new(pos_weight, &device)?,
+            model,
+            varmap,
+            recipe,
+            step: 0,
+            finetuning: false,
+        })
+    }
+
+    pub fn model(&self) -> &ChestModel {
+        &self.model
+    }
+
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    pub fn optimiser(&mut self) -> &mut AdamW {
+        &mut self.optimiser
+    }
+
+    /// Optimiser steps taken.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    pub fn set_step(&mut self, step: u64) {
+        self.step = step;
+    }
+
+    /// Phase of two-phase fine-tuning for `epoch` (0-based): the backbone
+    /// is frozen for the first `frozen_epochs`, then trains at
+    /// `backbone_lr_factor` × the rate.
+    pub fn begin_epoch(&mut self, epoch: u32) {
+        let frozen = epoch < self.recipe.frozen_epochs;
+        self.model.set_backbone_frozen(frozen);
+        self.finetuning = self.recipe.frozen_epochs > 0 && !frozen;
+    }
+
+    /// Forward, loss, backward on one micro-batch; an optimiser step every
+    /// `accumulation_steps` micro-batches.
+    pub fn train_micro_batch(&mut self, batch: &Batch) -> Result<MicroStep> {
+        let eps = self.recipe.label_smoothing;
+        let smooth = |t: &Tensor| -> Result<Tensor> {
+            let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            Ok(Tensor::from_vec(
+                smooth_targets(&values, eps),
+                t.dims(),
+                t.device(),
+            )?)
+        };
+        let out = self.model.forward_t(&batch.images, true)?;
+        let loss = dual_head_loss(
+            &out,
+            &smooth(&batch.findings)?,
+            &smooth(&batch.abnormal)?,
+            Some(&self.pos_weight),
+            self.recipe.binary_loss_weight,
+        )?;
+        let loss_value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        if !loss_value.is_finite() {
+            return Err(TrainError::NonFiniteLoss(loss_value, self.step));
+        }
+        let grads = loss.backward()?;
+        let vars = trainable_vars(&self.varmap, self.model.config(), false);
+        self.accumulator.add(&grads, &vars)?;
+        let lr = self.schedule.at(self.step);
+        if self.accumulator.micro_batches() >= self.recipe.accumulation_steps {
+            let grad_norm = self.apply(lr)?;
+            return Ok(MicroStep {
+                loss: loss_value,
+                stepped: true,
+                lr,
+                grad_norm: Some(grad_norm),
+            });
+        }
+        Ok(MicroStep {
+            loss: loss_value,
+            stepped: false,
+            lr,
+            grad_norm: None,
+        })
+    }
+
+    /// Steps on what is accumulated (end of an epoch); None if nothing is.
+    pub fn flush(&mut self) -> Result<Option<f64>> {
+        if self.accumulator.micro_batches() == 0 {
+            return Ok(None);
+        }
+        let lr = self.schedule.at(self.step);
+        self.apply(lr).map(Some)
+    }
+
+    fn apply(&mut self, lr: f64) -> Result<f64> {
+        let (grads, norm) = self.accumulator.finish(self.recipe.grad_clip_norm)?;
+        let config = self.model.config().clone();
+        let backbone_lr = if self.finetuning {
+            lr * self.recipe.backbone_lr_factor
+        } else {
+            lr
+        };
+        self.optimiser.step(&grads, &|name: &str| {
+            if config.is_backbone_param(name) {
+                backbone_lr
+            } else {
+                lr
+            }
+        })?;
+        self.step += 1;
+        Ok(norm)
+    }
+
+    /// Validation AUC over `batches`, eval mode. On CPU through the fused
+    /// inference path (no autograd graph); elsewhere the model itself.
+    pub fn validate<'a>(&self, batches: impl IntoIterator<Item = &'a Batch>) -> Result<Validation> {
+        let findings = self.model.num_findings();
+        let fused = match self.pos_weight.device() {
+            Device::Cpu => Some(CpuInference::new(
+                self.model.config(),
+                findings,
+                &varmap_tensors(&self.varmap),
+            )?),
+            _ => None,
+        };
+        let (mut scores, mut labels, mut bin_scores, mut bin_labels) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut images = 0;
+        for batch in batches {
+            let out = match &fused {
+                Some(f) => f.forward(&batch.images)?,
+                None => self.model.forward_t(&batch.images, false)?,
+            };
+            let probs = out
+                .probabilities()?
+                .to_dtype(DType::F64)?
+                .to_vec2::<f64>()?;
+            let truth = batch.findings.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            for (p, t) in probs.iter().zip(&truth) {
+                scores.extend_from_slice(&p[..findings]);
+                labels.extend(t.iter().map(|&v| v >= 0.5));
+                bin_scores.push(p[findings]);
+                bin_labels.push(t.iter().any(|&v| v >= 0.5));
+            }
+            images += probs.len();
+        }
+        let auc = chexvision_metrics::multilabel_auc(&scores, &labels, findings);
+        Ok(Validation {
+            macro_auc: auc.macro_auc,
+            per_class_auc: auc.per_class,
+            binary_auc: chexvision_metrics::roc_auc(&bin_scores, &bin_labels),
+            images,
+        })
+    }
+
+    /// Model tensors (running statistics included) and optimiser state,
+    /// for a checkpoint.
+    pub fn state(&self) -> Result<(BTreeMap<String, Tensor>, BTreeMap<String, Tensor>)> {
+        Ok((
+            varmap_tensors(&self.varmap),
+            self.optimiser.state_tensors()?,
+        ))
+    }
+}
