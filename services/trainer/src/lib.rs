@@ -16,13 +16,19 @@
 //! * [`Trainer`]: one step over a micro-batch and validation AUC for a
 //!   [`chexvision_models::ChestModel`].
 //!
-//! The data loader, the service (Kafka `TrainRequest`, run state in S3,
-//! checkpoints and resume) and `chexvision train` are not built yet.
+//! * [`ShardLoader`]: ready shards streamed from the store into batches,
+//!   bounded prefetch, seeded shuffling across and within shards, decoding
+//!   and augmentation on worker threads, the step's wait for data measured.
+//!
+//! The service (Kafka `TrainRequest`, run state in S3, checkpoints and
+//! resume) and `chexvision train` are not built yet.
 
+mod loader;
 mod optim;
 mod recipe;
 mod train;
 
+pub use loader::{EpochBatches, LoaderConfig, LoaderError, ShardLoader};
 pub use optim::{AdamW, GradAccumulator};
 pub use recipe::{pos_weight_from_counts, smooth_targets, EarlyStopping, LrSchedule, RecipeConfig};
 pub use train::{Batch, MicroStep, Trainer, Validation};
