@@ -8,6 +8,7 @@
 //! and `topics create`. Later: train, evaluate, serve, demo, registry.
 
 pub mod data;
+mod train;
 
 use std::{
     io::{Read, Write},
@@ -53,6 +54,9 @@ pub enum Command {
     Ingest(data::IngestArgs),
     /// Make the ready shards (decoded, resized, CLAHE) of an ingested dataset.
     Preprocess(data::PreprocessArgs),
+    /// Train a model on a dataset's ready shards (--config: a training
+    /// config such as configs/tiny.yaml); re-run with --run-id to resume.
+    Train(train::TrainArgs),
     /// Send and read platform events as JSON.
     #[command(subcommand)]
     Events(EventsCommand),
@@ -132,11 +136,16 @@ impl Cli {
 
 /// Runs a parsed command line, writing results to `out`.
 pub async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
+    // A training config has its own `service:` section.
+    if let Command::Train(args) = &cli.command {
+        return train::train(&cli, args, out).await;
+    }
     let config = cli.load_config()?;
     match cli.command {
         Command::Synth(args) => data::synth(args, &config, out).await,
         Command::Ingest(args) => data::ingest(args, &config, out).await,
         Command::Preprocess(args) => data::preprocess(args, &config, out).await,
+        Command::Train(_) => unreachable!("handled above"),
         Command::Events(EventsCommand::Send {
             topic,
             key,

@@ -26,11 +26,16 @@
 mod loader;
 mod optim;
 mod recipe;
+mod run;
 mod train;
 
 pub use loader::{EpochBatches, LoaderConfig, LoaderError, ShardLoader};
 pub use optim::{AdamW, GradAccumulator};
 pub use recipe::{pos_weight_from_counts, smooth_targets, EarlyStopping, LrSchedule, RecipeConfig};
+pub use run::{
+    model_card, run_prefix, run_training, EpochRecord, RunError, RunHooks, RunProgress, RunState,
+    RunStatus, TrainSettings, WrittenCheckpoint,
+};
 pub use train::{Batch, MicroStep, Trainer, Validation};
 
 /// What can go wrong in the recipe.

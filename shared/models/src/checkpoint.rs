@@ -124,6 +124,17 @@ pub fn checkpoint_bytes(
         .map_err(|e| ModelError::CheckpointFormat(format!("serialising: {e}")))
 }
 
+/// Plain safetensors bytes of `tensors` (no metadata): optimiser state
+/// and other companions of a checkpoint.
+pub fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>) -> Result<Vec<u8>> {
+    let cpu: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
+        .collect::<Result<_>>()?;
+    safetensors::serialize(cpu.iter().map(|(k, t)| (k.as_str(), t)), None)
+        .map_err(|e| ModelError::CheckpointFormat(format!("serialising: {e}")))
+}
+
 fn to_json<T: Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| ModelError::CheckpointFormat(e.to_string()))
 }

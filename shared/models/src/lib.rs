@@ -33,8 +33,8 @@ mod pool;
 mod se_resnet;
 
 pub use checkpoint::{
-    checkpoint_bytes, load_torchvision_backbone, read_meta, tensors_sha256, varmap_tensors,
-    BackboneLoad, Checkpoint, CheckpointMeta, Normalization,
+    checkpoint_bytes, load_torchvision_backbone, read_meta, safetensors_bytes, tensors_sha256,
+    varmap_tensors, BackboneLoad, Checkpoint, CheckpointMeta, Normalization,
 };
 pub use cpu::CpuInference;
 pub use densenet::{DenseNet, DenseNetConfig};
