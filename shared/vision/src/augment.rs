@@ -414,11 +414,35 @@ pub fn apply_params(image: &GrayImage8, params: &AugmentParams) -> Result<GrayIm
             }
         }
     }
-    let pixels = buf
-        .iter()
-        .map(|&v| v.round().clamp(0.0, 255.0) as u8)
-        .collect();
+    let pixels = buf.iter().map(|&v| round_to_u8(v)).collect();
     GrayImage8::new(image.width, image.height, pixels)
+}
+
+/// `v.round().clamp(0.0, 255.0) as u8`, without `round` (a library call on
+/// baseline x86-64): for 0 ≤ v < 2^23 the fraction `v − trunc(v)` is exact,
+/// so "fraction ≥ 0.5 rounds up" is exactly round-half-away-from-zero.
+#[inline]
+fn round_to_u8(v: f32) -> u8 {
+    if v.is_nan() || v <= 0.0 {
+        return 0;
+    }
+    if v >= 255.0 {
+        return 255;
+    }
+    let t = v as u32; // truncation: a plain conversion instruction
+    let up = u32::from(v - t as f32 >= 0.5);
+    (t + up).min(255) as u8
+}
+
+/// `x.floor()` for |x| < 2^52, without the library call.
+#[inline]
+fn floor_f64(x: f64) -> f64 {
+    let t = x as i64 as f64; // truncation toward zero
+    if t > x {
+        t - 1.0
+    } else {
+        t
+    }
 }
 
 /// The affine warp plus flip, as one inverse-mapping bilinear pass.
@@ -441,20 +465,24 @@ fn warp(image: &GrayImage8, p: &AugmentParams) -> Vec<f32> {
     let (sin, cos) = p.angle_deg.to_radians().sin_cos();
     let tan_shear = p.shear_deg.to_radians().tan();
     let mut out = vec![0f32; w * h];
-    for oy in 0..h {
-        for ox in 0..w {
+    for (oy, out_row) in out.chunks_exact_mut(w).enumerate() {
+        // Row invariants hoisted; each pixel's arithmetic is unchanged (same
+        // operations in the same order, so the same bits).
+        let dy = oy as f64 - cy - p.translate_y;
+        let sin_dy = sin * dy;
+        let cos_dy = cos * dy;
+        for (ox, o) in out_row.iter_mut().enumerate() {
             // Undo the flip, then invert out = c + R * S * (in - c) + t.
             let x = if p.hflip { w - 1 - ox } else { ox };
             let dx = x as f64 - cx - p.translate_x;
-            let dy = oy as f64 - cy - p.translate_y;
             // R^-1 = R^T for the screen-CCW rotation
             // R = [[cos, sin], [-sin, cos]].
-            let qx = cos * dx - sin * dy;
-            let qy = sin * dx + cos * dy;
+            let qx = cos * dx - sin_dy;
+            let qy = sin * dx + cos_dy;
             // S^-1 for the x-shear S = [[1, tan], [0, 1]].
             let sx = qx - tan_shear * qy + cx;
             let sy = qy + cy;
-            out[oy * w + ox] = bilinear(image, sx, sy);
+            *o = bilinear(image, sx, sy);
         }
     }
     out
@@ -464,8 +492,13 @@ fn warp(image: &GrayImage8, p: &AugmentParams) -> Vec<f32> {
 fn bilinear(image: &GrayImage8, sx: f64, sy: f64) -> f32 {
     let w = image.width as i64;
     let h = image.height as i64;
-    let x0f = sx.floor();
-    let y0f = sy.floor();
+    // Beyond ±2^40 nothing is near the image (and the fast floor needs
+    // |x| < 2^52); NaN fails the test too.
+    if !(sx.abs() < 1.1e12 && sy.abs() < 1.1e12) {
+        return 0.0;
+    }
+    let x0f = floor_f64(sx);
+    let y0f = floor_f64(sy);
     // Far outside: all four neighbours are outside (also guards the casts).
     if x0f < -1.0 || y0f < -1.0 || x0f > w as f64 || y0f > h as f64 {
         return 0.0;
@@ -474,6 +507,21 @@ fn bilinear(image: &GrayImage8, sx: f64, sy: f64) -> f32 {
     let fy = sy - y0f;
     let x0 = x0f as i64;
     let y0 = y0f as i64;
+    if x0 >= 0 && y0 >= 0 && x0 + 1 < w && y0 + 1 < h {
+        // Interior: all four neighbours exist; same arithmetic, no checks.
+        let i = (y0 * w + x0) as usize;
+        let wu = w as usize;
+        let p = &image.pixels[i..i + wu + 2];
+        let (a, b, c, d) = (
+            f64::from(p[0]),
+            f64::from(p[1]),
+            f64::from(p[wu]),
+            f64::from(p[wu + 1]),
+        );
+        let top = a * (1.0 - fx) + b * fx;
+        let bottom = c * (1.0 - fx) + d * fx;
+        return (top * (1.0 - fy) + bottom * fy) as f32;
+    }
     let px = |x: i64, y: i64| -> f64 {
         if x < 0 || y < 0 || x >= w || y >= h {
             0.0
@@ -509,25 +557,50 @@ fn gaussian_kernel(sigma: f64) -> Vec<f32> {
 fn gaussian_blur(src: &[f32], w: usize, h: usize, sigma: f64) -> Vec<f32> {
     let kernel = gaussian_kernel(sigma);
     let radius = (kernel.len() / 2) as i64;
+    let r = radius as usize;
+    // Where every tap is inside (no reflection): [r, n - r).
+    let interior = |n: usize| r..n.saturating_sub(r).max(r);
     let mut tmp = vec![0f32; w * h];
     for y in 0..h {
         let row = &src[y * w..(y + 1) * w];
+        let dst = &mut tmp[y * w..(y + 1) * w];
         for x in 0..w {
             let mut acc = 0f32;
-            for (k, &kw) in kernel.iter().enumerate() {
-                acc += kw * row[reflect(x as i64 + k as i64 - radius, w as i64)];
+            if interior(w).contains(&x) {
+                for (&kw, &v) in kernel.iter().zip(&row[x - r..x + r + 1]) {
+                    acc += kw * v;
+                }
+            } else {
+                for (k, &kw) in kernel.iter().enumerate() {
+                    acc += kw * row[reflect(x as i64 + k as i64 - radius, w as i64)];
+                }
             }
-            tmp[y * w + x] = acc;
+            dst[x] = acc;
         }
     }
     let mut out = vec![0f32; w * h];
     for y in 0..h {
-        for x in 0..w {
-            let mut acc = 0f32;
+        let dst = &mut out[y * w..(y + 1) * w];
+        if interior(h).contains(&y) {
+            // Same taps in the same order as the general case, a row at a time.
+            let mut acc = vec![0f32; w];
             for (k, &kw) in kernel.iter().enumerate() {
-                acc += kw * tmp[reflect(y as i64 + k as i64 - radius, h as i64) * w + x];
+                let src_row = &tmp[(y + k - r) * w..(y + k - r + 1) * w];
+                for (a, &v) in acc.iter_mut().zip(src_row) {
+                    *a += kw * v;
+                }
             }
-            out[y * w + x] = acc.clamp(0.0, 255.0);
+            for (d, a) in dst.iter_mut().zip(acc) {
+                *d = a.clamp(0.0, 255.0);
+            }
+        } else {
+            for (x, d) in dst.iter_mut().enumerate() {
+                let mut acc = 0f32;
+                for (k, &kw) in kernel.iter().enumerate() {
+                    acc += kw * tmp[reflect(y as i64 + k as i64 - radius, h as i64) * w + x];
+                }
+                *d = acc.clamp(0.0, 255.0);
+            }
         }
     }
     out

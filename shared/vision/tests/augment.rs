@@ -553,3 +553,108 @@ fn tiny_images_do_not_panic() {
         tta_views(&img).unwrap();
     }
 }
+
+/// The warp and blur take unchecked fast paths inside the image; they must
+/// give exactly what the plain formulas give (written out here the slow
+/// way: per-pixel inverse map, bounds-checked bilinear, reflected taps).
+#[test]
+fn fast_paths_equal_the_plain_formulas() {
+    fn reference_warp(img: &GrayImage8, p: &AugmentParams) -> Vec<f32> {
+        let (w, h) = (img.width as usize, img.height as usize);
+        let (cx, cy) = ((w as f64 - 1.0) / 2.0, (h as f64 - 1.0) / 2.0);
+        let (sin, cos) = p.angle_deg.to_radians().sin_cos();
+        let tan = p.shear_deg.to_radians().tan();
+        let px = |x: i64, y: i64| -> f64 {
+            if x < 0 || y < 0 || x >= w as i64 || y >= h as i64 {
+                0.0
+            } else {
+                f64::from(img.pixels[y as usize * w + x as usize])
+            }
+        };
+        let mut out = vec![0f32; w * h];
+        for oy in 0..h {
+            for ox in 0..w {
+                let x = if p.hflip { w - 1 - ox } else { ox };
+                let dx = x as f64 - cx - p.translate_x;
+                let dy = oy as f64 - cy - p.translate_y;
+                let qx = cos * dx - sin * dy;
+                let qy = sin * dx + cos * dy;
+                let (sx, sy) = (qx - tan * qy + cx, qy + cy);
+                let (x0f, y0f) = (sx.floor(), sy.floor());
+                if x0f < -1.0 || y0f < -1.0 || x0f > w as f64 || y0f > h as f64 {
+                    continue;
+                }
+                let (fx, fy) = (sx - x0f, sy - y0f);
+                let (x0, y0) = (x0f as i64, y0f as i64);
+                let top = px(x0, y0) * (1.0 - fx) + px(x0 + 1, y0) * fx;
+                let bottom = px(x0, y0 + 1) * (1.0 - fx) + px(x0 + 1, y0 + 1) * fx;
+                out[oy * w + ox] = (top * (1.0 - fy) + bottom * fy) as f32;
+            }
+        }
+        out
+    }
+    fn reflect(i: i64, n: i64) -> usize {
+        let period = 2 * (n - 1);
+        let m = i.rem_euclid(period);
+        (if m < n { m } else { period - m }) as usize
+    }
+    fn reference_blur(src: &[f32], w: usize, h: usize, sigma: f64) -> Vec<f32> {
+        let radius = (3.0 * sigma).ceil() as i64;
+        let weights: Vec<f64> = (-radius..=radius)
+            .map(|i| (-0.5 * (i as f64 / sigma).powi(2)).exp())
+            .collect();
+        let sum: f64 = weights.iter().sum();
+        let kernel: Vec<f32> = weights.iter().map(|&v| (v / sum) as f32).collect();
+        let mut tmp = vec![0f32; w * h];
+        for y in 0..h {
+            for x in 0..w {
+                let mut acc = 0f32;
+                for (k, &kw) in kernel.iter().enumerate() {
+                    acc += kw * src[y * w + reflect(x as i64 + k as i64 - radius, w as i64)];
+                }
+                tmp[y * w + x] = acc;
+            }
+        }
+        let mut out = vec![0f32; w * h];
+        for y in 0..h {
+            for x in 0..w {
+                let mut acc = 0f32;
+                for (k, &kw) in kernel.iter().enumerate() {
+                    acc += kw * tmp[reflect(y as i64 + k as i64 - radius, h as i64) * w + x];
+                }
+                out[y * w + x] = acc.clamp(0.0, 255.0);
+            }
+        }
+        out
+    }
+    let img = smooth_image(61, 47);
+    for (i, (angle, shear, tx, ty, flip, sigma)) in [
+        (13.0, 4.0, 2.5, -1.5, false, Some(1.3)),
+        (-9.0, -3.0, -3.0, 2.0, true, Some(0.4)),
+        (90.0, 0.0, 0.0, 0.0, false, Some(2.0)),
+        (0.5, 0.0, 0.25, 0.0, true, None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let params = AugmentParams {
+            hflip: flip,
+            angle_deg: angle,
+            shear_deg: shear,
+            translate_x: tx,
+            translate_y: ty,
+            blur_sigma: sigma,
+            ..AugmentParams::identity()
+        };
+        let mut want = reference_warp(&img, &params);
+        if let Some(s) = sigma {
+            want = reference_blur(&want, 61, 47, s);
+        }
+        let want: Vec<u8> = want
+            .iter()
+            .map(|&v| v.round().clamp(0.0, 255.0) as u8)
+            .collect();
+        let got = apply_params(&img, &params).unwrap();
+        assert_eq!(got.pixels, want, "case {i}");
+    }
+}
