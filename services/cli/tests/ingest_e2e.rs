@@ -7,44 +7,20 @@
 //!
 //! Skipped without the stack, unless CHEXVISION_REQUIRE_STACK=1 (make test, CI).
 
+mod common;
+use common::{chexvision, stack};
+
 use std::{
     collections::{BTreeMap, BTreeSet},
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
-use chexvision_config::{Loader, PlatformConfig};
 use chexvision_dataset::{probe_image, read_shard, Manifest};
 use chexvision_store::{sha256_hex, ObjectStore, S3Store};
 
 const IMAGES: usize = 2000;
 const SHARD_ROWS: &str = "20";
-
-fn chexvision() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_chexvision"))
-}
-
-struct Stack {
-    config: PlatformConfig,
-    bucket: String,
-}
-
-fn stack() -> Option<Stack> {
-    let config: PlatformConfig = Loader::new().load().expect("configuration");
-    let required = std::env::var("CHEXVISION_REQUIRE_STACK").as_deref() == Ok("1");
-    let Some(rest) = config.store.strip_prefix("s3://") else {
-        assert!(!required, "CHEXVISION_REQUIRE_STACK=1 but no s3:// store");
-        eprintln!("skipping: no s3:// store (run `make stack-up`)");
-        return None;
-    };
-    if !config.bus.starts_with("kafka://") {
-        assert!(!required, "CHEXVISION_REQUIRE_STACK=1 but no kafka:// bus");
-        eprintln!("skipping: no kafka:// bus (run `make stack-up`)");
-        return None;
-    }
-    let bucket = rest.split('/').next().unwrap_or(rest).to_owned();
-    Some(Stack { config, bucket })
-}
 
 /// The sha256 of every shard announced on `topic`, in order, and the number
 /// of completion (`DatasetIngested`) events.

@@ -17,6 +17,9 @@
 //!
 //! Skipped without the stack, unless CHEXVISION_REQUIRE_STACK=1 (make test, CI).
 
+mod common;
+use common::{chexvision, stack};
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{BufRead, BufReader, Read, Write},
@@ -28,7 +31,6 @@ use std::{
 };
 
 use chexvision_bus::{Bus, Delivery, TopicSpec};
-use chexvision_config::{Loader, PlatformConfig};
 use chexvision_dataset::{
     manifest_key, read_shard, ready_shard_key, ImageFormat, Manifest, ShardRow, Split,
 };
@@ -48,32 +50,6 @@ const PATIENCE: Duration = Duration::from_secs(120);
 /// once the service has counted the records it was sent as handled (its
 /// announcements are durable before that).
 const QUIET: Duration = Duration::from_secs(3);
-
-fn chexvision() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_chexvision"))
-}
-
-struct Stack {
-    config: PlatformConfig,
-    bucket: String,
-}
-
-fn stack() -> Option<Stack> {
-    let config: PlatformConfig = Loader::new().load().expect("configuration");
-    let required = std::env::var("CHEXVISION_REQUIRE_STACK").as_deref() == Ok("1");
-    let Some(rest) = config.store.strip_prefix("s3://") else {
-        assert!(!required, "CHEXVISION_REQUIRE_STACK=1 but no s3:// store");
-        eprintln!("skipping: no s3:// store (run `make stack-up`)");
-        return None;
-    };
-    if !config.bus.starts_with("kafka://") {
-        assert!(!required, "CHEXVISION_REQUIRE_STACK=1 but no kafka:// bus");
-        eprintln!("skipping: no kafka:// bus (run `make stack-up`)");
-        return None;
-    }
-    let bucket = rest.split('/').next().unwrap_or(rest).to_owned();
-    Some(Stack { config, bucket })
-}
 
 /// The `chexvision-preprocess` binary of this build, built if needed.
 fn preprocess_binary() -> PathBuf {

@@ -7,17 +7,14 @@
 //! Skipped without the stack, unless CHEXVISION_REQUIRE_STACK=1 (make test, CI).
 
 use std::{
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
-use chexvision_config::{Loader, PlatformConfig};
+mod common;
 use chexvision_models::Checkpoint;
 use chexvision_store::{ObjectStore, S3Store};
-
-fn chexvision() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_chexvision"))
-}
+use common::{chexvision, stack};
 
 fn repo_file(path: &str) -> String {
     format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR"))
@@ -25,14 +22,9 @@ fn repo_file(path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_training_resumes_to_the_same_model() {
-    let config: PlatformConfig = Loader::new().load().expect("configuration");
-    let required = std::env::var("CHEXVISION_REQUIRE_STACK").as_deref() == Ok("1");
-    let Some(rest) = config.store.strip_prefix("s3://") else {
-        assert!(!required, "CHEXVISION_REQUIRE_STACK=1 but no s3:// store");
-        eprintln!("skipping: no s3:// store (run `make stack-up`)");
+    let Some(common::Stack { config, bucket }) = stack() else {
         return;
     };
-    let bucket = rest.split('/').next().unwrap_or(rest).to_owned();
     let unique = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("e2e-train-{}", &unique[..12]);
     let store_uri = format!("s3://{bucket}/{prefix}");
