@@ -49,6 +49,8 @@ pub struct Trainer {
     recipe: RecipeConfig,
     schedule: LrSchedule,
     optimiser: AdamW,
+    /// The trainable variables (BatchNorm buffers excluded), listed once.
+    vars: Vec<(String, chexvision_models::candle_core::Var)>,
     accumulator: GradAccumulator,
     pos_weight: Tensor,
     step: u64,
@@ -86,7 +88,8 @@ impl Trainer {
                 total_steps,
                 min_factor: recipe.min_lr_factor,
             },
-            optimiser: AdamW::new(vars, recipe.weight_decay),
+            optimiser: AdamW::new(vars.clone(), recipe.weight_decay),
+            vars,
             accumulator: GradAccumulator::new(),
             pos_weight: Tensor::new(pos_weight, &device)?,
             model,
@@ -152,8 +155,7 @@ impl Trainer {
             return Err(TrainError::NonFiniteLoss(loss_value, self.step));
         }
         let grads = loss.backward()?;
-        let vars = trainable_vars(&self.varmap, self.model.config(), false);
-        self.accumulator.add(&grads, &vars)?;
+        self.accumulator.add(&grads, &self.vars)?;
         let lr = self.schedule.at(self.step);
         if self.accumulator.micro_batches() >= self.recipe.accumulation_steps {
             let grad_norm = self.apply(lr)?;
