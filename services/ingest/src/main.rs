@@ -53,8 +53,8 @@ async fn main() -> Result<()> {
     let store = chexvision_store::open(&config.store, &config.s3).await?;
     let bus = chexvision_bus::connect(&config.bus, &config.kafka)?;
     bus.create_topics(&[
-        TopicSpec::new(&config.topics.ingest_requests, 3),
-        TopicSpec::new(&config.topics.shards_raw, 3),
+        TopicSpec::new(&config.topics.ingest_requests, config.kafka.partitions),
+        TopicSpec::new(&config.topics.shards_raw, config.kafka.partitions),
         TopicSpec::new(&config.topics.dead_letter, 1),
     ])
     .await?;
