@@ -105,13 +105,7 @@ pub struct IngestReport {
 }
 
 pub fn validate_dataset_id(id: &str) -> Result<(), IngestError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        && !id.starts_with('.');
-    if ok {
+    if chexvision_dataset::is_valid_id(id) {
         Ok(())
     } else {
         Err(IngestError::InvalidDatasetId(id.to_owned()))

@@ -18,8 +18,8 @@ use bytes::Bytes;
 use chexvision_bus::{publish_event, Bus, BusError};
 use chexvision_config::Topics;
 use chexvision_dataset::{
-    manifest_key, raw_shard_key, read_shard, ready_shard_key, write_shard, ImageFormat, Manifest,
-    RejectedImage, ShardOptions, ShardRow, Split,
+    dataset_ready_key, manifest_key, raw_shard_key, read_shard, ready_shard_key, write_shard,
+    ImageFormat, Manifest, RejectedImage, ShardOptions, ShardRow, Split,
 };
 use chexvision_events::{DatasetReady, Envelope, ObjectRef, ShardStage, ShardWritten};
 use chexvision_store::{sha256_hex, ObjectStore, StoreError};
@@ -78,10 +78,6 @@ pub enum ShardOutcome {
 
 fn state_key(dataset_id: &str, size_px: u32, split: &str, index: u32) -> String {
     format!("datasets/{dataset_id}/ready/{size_px}px/state/{split}-{index:05}.json")
-}
-
-fn dataset_ready_key(dataset_id: &str, size_px: u32) -> String {
-    format!("datasets/{dataset_id}/ready/{size_px}px/dataset-ready.json")
 }
 
 /// Decodes, resizes and equalises one image; returns the stored bytes.

@@ -1,20 +1,13 @@
-//! `chexvision-preprocess`: consumes raw shard announcements until SIGTERM or SIGINT.
+//! `chexvision-preprocess`: consumes raw shard announcements until SIGTERM
+//! or SIGINT. A shard in progress is not acknowledged: it is delivered again.
 
-use std::{path::PathBuf, time::Duration};
-
-use anyhow::{Context, Result};
-use chexvision_bus::{BusMetrics, Consumer, ConsumerOptions, TopicSpec};
-use chexvision_config::{Config, Loader};
+use anyhow::Result;
 use chexvision_preprocess::{
     service::{PreprocessHandler, PreprocessMetrics},
     Preprocess, PreprocessSettings,
 };
-use chexvision_telemetry::Telemetry;
+use chexvision_service::{Service, ServiceArgs};
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
-
-/// How long shutdown waits for the request in progress to hand back.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,83 +16,31 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
     about = "CheXVision preprocess service"
 )]
 struct Args {
-    /// YAML config file.
-    #[arg(long, env = "CHEXVISION_CONFIG")]
-    config: Option<PathBuf>,
-    /// Object store: file:///path or s3://bucket/prefix.
-    #[arg(long)]
-    store: Option<String>,
-    /// Event bus: memory:// or kafka://host:port.
-    #[arg(long)]
-    bus: Option<String>,
+    #[command(flatten)]
+    service: ServiceArgs,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let loader = Loader::new()
-        .file(args.config.as_ref())
-        .store_and_bus_flags(args.store.as_deref(), args.bus.as_deref());
-    let config: Config<PreprocessSettings> = loader.load()?;
-    chexvision_telemetry::init_tracing(&config.log);
-
-    let telemetry = Telemetry::new(chexvision_preprocess::PRODUCER);
-    let metrics = PreprocessMetrics::register(&telemetry.registry)?;
-    let bus_metrics = BusMetrics::register(&telemetry.registry)?;
-    telemetry.health.not_ready("bus", "connecting");
-    let (server, address) = chexvision_telemetry::serve(&config.http.bind, telemetry.clone())
-        .with_context(|| format!("serve http on {}", config.http.bind))?;
-    let server_handle = server.handle();
-    let server_task = tokio::spawn(server);
-    tracing::info!(%address, "http endpoints up");
-
-    let store = chexvision_store::open(&config.store, &config.s3).await?;
-    let bus = chexvision_bus::connect(&config.bus, &config.kafka)?;
-    bus.create_topics(&[
-        TopicSpec::new(&config.topics.shards_raw, config.kafka.partitions),
-        TopicSpec::new(&config.topics.shards_ready, config.kafka.partitions),
-        TopicSpec::new(&config.topics.datasets, config.kafka.partitions),
-        TopicSpec::new(&config.topics.dead_letter, 1),
-    ])
-    .await?;
-    telemetry.health.ready("bus");
-
+    let service =
+        Service::<PreprocessSettings>::start(chexvision_preprocess::PRODUCER, &args.service)
+            .await?;
+    let metrics = PreprocessMetrics::register(&service.telemetry.registry)?;
+    let config = &service.config;
+    let topics = &config.topics;
+    service
+        .create_topics(&[&topics.shards_raw, &topics.shards_ready, &topics.datasets])
+        .await?;
     let handler = PreprocessHandler {
         preprocess: Preprocess {
-            store,
-            bus: bus.clone(),
-            topics: config.topics.clone(),
+            store: service.store.clone(),
+            bus: service.bus.clone(),
+            topics: topics.clone(),
             settings: config.service.clone(),
         },
         metrics: Some(metrics),
     };
-    let consumer = Consumer::new(
-        bus,
-        ConsumerOptions::new(
-            &config.service.group,
-            &[&config.topics.shards_raw],
-            &config.kafka,
-            &config.topics,
-        ),
-    )
-    .with_metrics(bus_metrics);
-    let shutdown = CancellationToken::new();
-    let consumer_task = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { consumer.run(&handler, shutdown).await })
-    };
-
-    chexvision_telemetry::shutdown_signal().await;
-    tracing::info!("shutting down");
-    shutdown.cancel();
-    // A shard in progress is not acknowledged: it is delivered again.
-    match tokio::time::timeout(SHUTDOWN_GRACE, consumer_task).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "consumer stopped with an error"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "consumer task failed"),
-        Err(_) => tracing::warn!("consumer did not stop within {SHUTDOWN_GRACE:?}; exiting"),
-    }
-    server_handle.stop(true).await;
-    let _ = server_task.await;
-    Ok(())
+    let consumer = service.spawn_consumer(&config.service.group, &[&topics.shards_raw], handler);
+    service.run_until_shutdown(vec![consumer]).await
 }

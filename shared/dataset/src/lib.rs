@@ -14,7 +14,7 @@ mod split;
 
 pub use hf::{patient_from_filename, read_hf_parquet, HfItem, HfReader, HfRow};
 pub use image_header::{probe_image, ImageFormat, ImageHeaderError, ImageInfo, MAX_EDGE};
-pub use keys::{manifest_key, raw_shard_key, ready_shard_key};
+pub use keys::{dataset_ready_key, is_valid_id, manifest_key, raw_shard_key, ready_shard_key};
 pub use labels::{LabelError, LabelSet, LABELS, NO_FINDING};
 pub use layout::{is_image_name, LayoutError, NihLayout, SYNTHETIC_MARKER};
 pub use manifest::{

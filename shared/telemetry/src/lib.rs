@@ -164,6 +164,31 @@ pub fn serve(
     Ok((server.run(), address))
 }
 
+/// The HTTP endpoints running on the current Tokio runtime.
+pub struct RunningServer {
+    handle: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets requests in flight finish, and waits.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.task.await;
+    }
+}
+
+/// [`serve`], spawned on the current Tokio runtime.
+pub fn spawn(
+    bind: &str,
+    telemetry: Telemetry,
+) -> std::io::Result<(RunningServer, std::net::SocketAddr)> {
+    let (server, address) = serve(bind, telemetry)?;
+    let handle = server.handle();
+    let task = tokio::spawn(server);
+    Ok((RunningServer { handle, task }, address))
+}
+
 /// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
