@@ -73,6 +73,7 @@ pub async fn train(cli: &crate::Cli, args: &TrainArgs, out: &mut (dyn Write + Se
                 epoch,
                 val_macro_auc,
                 images_per_second,
+                ..
             } => {
                 let line = format!(
                     "epoch {epoch}: validation macro AUC {}, {images_per_second:.1} images/s",
@@ -91,8 +92,10 @@ pub async fn train(cli: &crate::Cli, args: &TrainArgs, out: &mut (dyn Write + Se
             &Device::Cpu,
             RunHooks {
                 progress: &mut progress,
-                written: &mut |_| {},
+                // Nothing to announce to: a run by hand has no bus.
+                written: &mut |_| true,
                 interrupted: &|| false,
+                loader_wait: None,
             },
         );
         bar.finish_and_clear();

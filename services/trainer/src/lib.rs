@@ -20,22 +20,31 @@
 //!   bounded prefetch, seeded shuffling across and within shards, decoding
 //!   and augmentation on worker threads, the step's wait for data measured.
 //!
-//! The service (Kafka `TrainRequest`, run state in S3, checkpoints and
-//! resume) and `chexvision train` are not built yet.
+//! * [`run_training`]: a whole run in the store (`runs/{run_id}/`),
+//!   resumable at any moment; `chexvision train` and the service both call it.
+//! * [`service`]: the trainer service: training requests from the bus
+//!   become durable runs, trained one at a time, announced as
+//!   `CheckpointCreated`; [`TrainerMetrics`] for Prometheus.
 
 mod loader;
+mod metrics;
 mod optim;
 mod recipe;
 mod run;
+pub mod service;
+mod settings;
 mod train;
 
 pub use loader::{EpochBatches, LoaderConfig, LoaderError, ShardLoader};
+pub use metrics::TrainerMetrics;
 pub use optim::{AdamW, GradAccumulator};
 pub use recipe::{pos_weight_from_counts, smooth_targets, EarlyStopping, LrSchedule, RecipeConfig};
 pub use run::{
-    model_card, run_prefix, run_training, EpochRecord, RunError, RunHooks, RunProgress, RunState,
-    RunStatus, TrainSettings, WrittenCheckpoint,
+    create_run, mark_failed, model_card, read_run_state, run_prefix, run_training, state_key,
+    EpochRecord, RunError, RunHooks, RunProgress, RunRequest, RunState, RunStatus, TrainSettings,
+    WrittenCheckpoint,
 };
+pub use settings::{is_valid_config_name, parse_device, DeviceChoice, TrainerServiceSettings};
 pub use train::{Batch, MicroStep, Trainer, Validation};
 
 /// What can go wrong in the recipe.

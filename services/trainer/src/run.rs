@@ -119,14 +119,38 @@ pub struct EpochRecord {
     pub validation_seconds: f64,
     pub best: bool,
     pub backbone_frozen: bool,
+    /// The epoch's checkpoint file: sha256 and size, for its announcement.
+    #[serde(default)]
+    pub checkpoint_sha256: String,
+    #[serde(default)]
+    pub checkpoint_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
+    /// Accepted or in progress: a (re)started trainer runs it to its end.
     Running,
     Completed,
     StoppedEarly,
+    /// Gave up (bad data, a model that does not fit its checkpoint, ...):
+    /// `error` says why.
+    Failed,
+}
+
+/// The request a run was started for (the service's runs; the CLI's have none).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct RunRequest {
+    pub request_id: String,
+    /// Named config under `configs/` the settings were resolved from.
+    pub config: String,
+    pub overrides: BTreeMap<String, String>,
+    pub reason: String,
+    pub requested_by: String,
+    /// Correlation id of the request event, carried by the run's events.
+    pub correlation_id: String,
+    /// Event id of the request, the cause of the run's events.
+    pub event_id: String,
 }
 
 /// `runs/{run_id}/state.json`.
@@ -141,16 +165,136 @@ pub struct RunState {
     pub step: u64,
     pub early_stopping: EarlyStopping,
     pub total_steps: u64,
+    /// Epochs whose `CheckpointCreated` was handed to the bus; the rest are
+    /// announced (again) when the run resumes: at least once.
+    #[serde(default)]
+    pub announced_epochs: u32,
+    #[serde(default)]
+    pub request: Option<RunRequest>,
+    /// Seconds since the Unix epoch when the run was created (orders the
+    /// unfinished runs a restarted trainer picks up).
+    #[serde(default)]
+    pub created_at_unix: u64,
+    /// Why a `failed` run failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl RunState {
+    /// A run accepted but not started: what `state.json` holds from the
+    /// moment a request is acknowledged.
+    pub fn accepted(
+        run_id: &str,
+        dataset_id: &str,
+        synthetic: bool,
+        settings: &TrainSettings,
+        request: Option<RunRequest>,
+    ) -> Self {
+        RunState {
+            run_id: run_id.to_string(),
+            dataset_id: dataset_id.to_string(),
+            synthetic,
+            status: RunStatus::Running,
+            settings: settings.clone(),
+            epochs_done: 0,
+            step: 0,
+            early_stopping: EarlyStopping::new(settings.recipe.patience),
+            total_steps: 0,
+            announced_epochs: 0,
+            request,
+            created_at_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            error: None,
+        }
+    }
+
+    /// Unfinished, or finished with checkpoints not yet announced.
+    pub fn needs_work(&self) -> bool {
+        self.status == RunStatus::Running
+            || (self.status != RunStatus::Failed && self.announced_epochs < self.epochs_done)
+    }
+}
+
+/// `runs/{run_id}/state.json`.
+pub fn state_key(run_id: &str) -> String {
+    key(run_id, "state.json")
+}
+
+/// Records a new run (`config.yaml`, then `state.json`) without training:
+/// once this returns the run survives any crash. Fails with
+/// [`RunError::Conflict`] if the run exists.
+pub async fn create_run(store: &dyn ObjectStore, state: &RunState) -> Result<(), RunError> {
+    let state_key = state_key(&state.run_id);
+    match store.head(&state_key).await {
+        Ok(_) => {
+            return Err(RunError::Conflict(format!(
+                "run {} exists already",
+                state.run_id
+            )))
+        }
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(RunError::Store(format!("reading {state_key}: {e}"))),
+    }
+    let config =
+        serde_yaml::to_string(&state.settings).map_err(|e| RunError::Data(e.to_string()))?;
+    store
+        .put(&key(&state.run_id, "config.yaml"), Bytes::from(config))
+        .await
+        .map_err(|e| RunError::Store(format!("writing config.yaml: {e}")))?;
+    let json = serde_json::to_vec_pretty(state).map_err(|e| RunError::Data(e.to_string()))?;
+    store
+        .put(&state_key, Bytes::from(json))
+        .await
+        .map_err(|e| RunError::Store(format!("writing {state_key}: {e}")))?;
+    Ok(())
+}
+
+/// Reads `runs/{run_id}/state.json`; `None` if there is no such run.
+pub async fn read_run_state(
+    store: &dyn ObjectStore,
+    run_id: &str,
+) -> Result<Option<RunState>, RunError> {
+    let state_key = state_key(run_id);
+    match store.get(&state_key).await {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| RunError::Data(format!("{state_key}: {e}"))),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(RunError::Store(format!("reading {state_key}: {e}"))),
+    }
+}
+
+/// Marks a run failed (kept for the record; not picked up again).
+pub async fn mark_failed(
+    store: &dyn ObjectStore,
+    run_id: &str,
+    error: &str,
+) -> Result<(), RunError> {
+    let Some(mut state) = read_run_state(store, run_id).await? else {
+        return Ok(());
+    };
+    state.status = RunStatus::Failed;
+    state.error = Some(error.to_string());
+    let json = serde_json::to_vec_pretty(&state).map_err(|e| RunError::Data(e.to_string()))?;
+    store
+        .put(&state_key(run_id), Bytes::from(json))
+        .await
+        .map_err(|e| RunError::Store(format!("writing state.json of {run_id}: {e}")))?;
+    Ok(())
 }
 
 /// A checkpoint the run wrote, for the caller to announce.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WrittenCheckpoint {
     pub key: String,
+    pub sha256: String,
+    pub size_bytes: u64,
     pub epoch: u32,
     pub best: bool,
     pub last: bool,
     pub val_macro_auc: Option<f64>,
+    pub val_binary_auc: Option<f64>,
 }
 
 /// What a run is doing, for a progress bar or metrics.
@@ -165,10 +309,13 @@ pub enum RunProgress {
         images: usize,
         loss: f32,
         lr: f64,
+        /// Optimiser steps so far.
+        step: u64,
     },
     EpochFinished {
         epoch: u32,
         val_macro_auc: Option<f64>,
+        val_binary_auc: Option<f64>,
         images_per_second: f64,
     },
 }
@@ -177,10 +324,14 @@ pub enum RunProgress {
 pub struct RunHooks<'a> {
     /// Epoch and batch progress (a progress bar, metrics).
     pub progress: &'a mut dyn FnMut(RunProgress),
-    /// Each checkpoint once written (to announce `CheckpointCreated`).
-    pub written: &'a mut dyn FnMut(WrittenCheckpoint),
+    /// Each checkpoint once durable (to announce `CheckpointCreated`);
+    /// returns whether it was announced. Checkpoints not announced are
+    /// offered again after the next epoch and when the run resumes.
+    pub written: &'a mut dyn FnMut(WrittenCheckpoint) -> bool,
     /// Polled before each batch; true stops the run (SIGTERM).
     pub interrupted: &'a dyn Fn() -> bool,
+    /// Observes each wait of the training step for data.
+    pub loader_wait: Option<prometheus::Histogram>,
 }
 
 pub fn run_prefix(run_id: &str) -> String {
@@ -209,6 +360,7 @@ pub fn run_training(
         progress,
         written,
         interrupted,
+        loader_wait,
     } = hooks;
     let get = |k: &str| runtime.block_on(store.get(k));
     let put = |k: &str, bytes: Vec<u8>| {
@@ -269,7 +421,7 @@ pub fn run_training(
     let total_steps = steps_per_epoch * u64::from(recipe.epochs);
 
     // Resume or start.
-    let state_key = key(run_id, "state.json");
+    let state_key = state_key(run_id);
     let previous: Option<RunState> = match get(&state_key) {
         Ok(bytes) => Some(
             serde_json::from_slice(&bytes)
@@ -285,21 +437,11 @@ pub fn run_training(
                 prev.dataset_id
             )));
         }
-        if prev.status != RunStatus::Running {
-            return Ok(prev.clone());
-        }
     }
-    let mut state = previous.unwrap_or_else(|| RunState {
-        run_id: run_id.to_string(),
-        dataset_id: dataset_id.to_string(),
-        synthetic: manifest.synthetic,
-        status: RunStatus::Running,
-        settings: settings.clone(),
-        epochs_done: 0,
-        step: 0,
-        early_stopping: EarlyStopping::new(recipe.patience),
-        total_steps,
+    let mut state = previous.unwrap_or_else(|| {
+        RunState::accepted(run_id, dataset_id, manifest.synthetic, settings, None)
     });
+    state.total_steps = total_steps;
     let history_key = key(run_id, "history.json");
     let mut history: Vec<EpochRecord> = if state.epochs_done > 0 {
         serde_json::from_slice(
@@ -311,6 +453,11 @@ pub fn run_training(
         Vec::new()
     };
     history.truncate(state.epochs_done as usize);
+    // Checkpoints a killed run wrote but did not get announced.
+    announce_pending(&mut state, &history, run_id, written, &put)?;
+    if state.status != RunStatus::Running {
+        return Ok(state);
+    }
 
     let (model, varmap) =
         ChestModel::init_seeded(&settings.model, LABELS.len(), device, recipe.seed)?;
@@ -361,13 +508,16 @@ pub fn run_training(
         seed: recipe.seed,
     };
     let io = |e: std::io::Error| RunError::Data(format!("loader threads: {e}"));
-    let train_loader = ShardLoader::new(
+    let mut train_loader = ShardLoader::new(
         store.clone(),
         runtime.clone(),
         train_keys,
         loader_config(true),
     )
     .map_err(io)?;
+    if let Some(histogram) = loader_wait {
+        train_loader = train_loader.with_wait_histogram(histogram);
+    }
     let val_loader = ShardLoader::new(
         store.clone(),
         runtime.clone(),
@@ -403,6 +553,7 @@ pub fn run_training(
                 images: n,
                 loss: step.loss,
                 lr,
+                step: trainer.step(),
             });
         }
         let wait = batches.wait().as_secs_f64();
@@ -441,6 +592,8 @@ pub fn run_training(
             ]),
         };
         let model_bytes = checkpoint_bytes(&tensors, &meta)?;
+        let checkpoint_sha256 = chexvision_store::sha256_hex(&model_bytes);
+        let checkpoint_size = model_bytes.len() as u64;
         let epoch_key = key(run_id, &format!("checkpoints/epoch-{epoch:03}.safetensors"));
         put(&epoch_key, model_bytes.clone())?;
         let opt_bytes = chexvision_models::safetensors_bytes(&optimiser)?;
@@ -474,6 +627,8 @@ pub fn run_training(
             validation_seconds,
             best,
             backbone_frozen: trainer.model().backbone_frozen(),
+            checkpoint_sha256: checkpoint_sha256.clone(),
+            checkpoint_bytes: checkpoint_size,
         });
         put(
             &history_key,
@@ -497,20 +652,57 @@ pub fn run_training(
             &state_key,
             serde_json::to_vec_pretty(&state).map_err(|e| RunError::Data(e.to_string()))?,
         )?;
-        written(WrittenCheckpoint {
-            key: epoch_key,
-            epoch,
-            best,
-            last,
-            val_macro_auc: validation.macro_auc,
-        });
+        announce_pending(&mut state, &history, run_id, written, &put)?;
         progress(RunProgress::EpochFinished {
             epoch,
             val_macro_auc: validation.macro_auc,
+            val_binary_auc: validation.binary_auc,
             images_per_second: images as f64 / train_seconds.max(1e-9),
         });
     }
     Ok(state)
+}
+
+/// Writes one object of the run.
+type PutObject<'a> = dyn Fn(&str, Vec<u8>) -> Result<(), RunError> + 'a;
+
+/// Offers every checkpoint not yet announced to `written`, in order, and
+/// records in `state.json` how far that got.
+fn announce_pending(
+    state: &mut RunState,
+    history: &[EpochRecord],
+    run_id: &str,
+    written: &mut dyn FnMut(WrittenCheckpoint) -> bool,
+    put: &PutObject<'_>,
+) -> Result<(), RunError> {
+    let before = state.announced_epochs;
+    while state.announced_epochs < state.epochs_done {
+        let epoch = state.announced_epochs;
+        let Some(record) = history.get(epoch as usize) else {
+            break;
+        };
+        let announced = written(WrittenCheckpoint {
+            key: key(run_id, &format!("checkpoints/epoch-{epoch:03}.safetensors")),
+            epoch,
+            sha256: record.checkpoint_sha256.clone(),
+            size_bytes: record.checkpoint_bytes,
+            best: record.best,
+            last: epoch + 1 == state.epochs_done && state.status != RunStatus::Running,
+            val_macro_auc: record.val_macro_auc,
+            val_binary_auc: record.val_binary_auc,
+        });
+        if !announced {
+            break;
+        }
+        state.announced_epochs += 1;
+    }
+    if state.announced_epochs != before {
+        put(
+            &state_key(run_id),
+            serde_json::to_vec_pretty(state).map_err(|e| RunError::Data(e.to_string()))?,
+        )?;
+    }
+    Ok(())
 }
 
 fn move_batch(batch: crate::Batch, device: &Device) -> Result<crate::Batch, RunError> {

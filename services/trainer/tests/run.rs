@@ -5,165 +5,36 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use chexvision_dataset::{
-    ready_shard_key, write_shard, ImageFormat, LabelSet, Manifest, ManifestShard, ManifestSource,
-    ShardOptions, ShardRow, Split, LABELS,
-};
+use chexvision_dataset::LABELS;
 use chexvision_models::candle_core::Device;
-use chexvision_models::{Checkpoint, DenseNetConfig, ModelConfig};
+use chexvision_models::Checkpoint;
 use chexvision_store::{FsStore, ObjectStore};
 use chexvision_trainer::{
-    run_training, EpochRecord, RecipeConfig, RunError, RunHooks, RunState, RunStatus, TrainSettings,
+    run_training, EpochRecord, RunError, RunHooks, RunState, RunStatus, TrainSettings,
 };
-use chexvision_vision::AugmentConfig;
 
-const SIDE: u32 = 32;
+mod common;
+use common::{dataset, settings};
 
 /// (epoch, best, last) of each checkpoint written.
 type Written = (u32, bool, bool);
-
-/// Findings 0..3 light up corners of the image.
-fn row(split: Split, index: u32, state: &mut u64) -> ShardRow {
-    let mut next = || {
-        *state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (*state >> 33) as f32 / (1u64 << 31) as f32
-    };
-    let mut bits = 0u16;
-    for k in 0..3 {
-        if next() < 0.4 {
-            bits |= 1 << k;
-        }
-    }
-    let mut pixels = Vec::with_capacity((SIDE * SIDE) as usize);
-    for y in 0..SIDE {
-        for x in 0..SIDE {
-            let corner = match (y < 12, x < 12, y >= 20, x >= 20) {
-                (true, true, _, _) => Some(0),
-                (true, _, _, true) => Some(1),
-                (_, true, true, _) => Some(2),
-                _ => None,
-            };
-            let lit = corner.is_some_and(|k| bits & (1 << k) != 0);
-            let base = if lit { 200.0 } else { 60.0 };
-            pixels.push((base + 40.0 * (next() - 0.5)) as u8);
-        }
-    }
-    ShardRow {
-        filename: format!("{}-{index:05}.png", split.name()),
-        patient_id: format!("{index}"),
-        follow_up: 0,
-        labels: LabelSet::from_bits(bits),
-        split,
-        view_position: "PA".into(),
-        age: None,
-        sex: "M".into(),
-        original_width: SIDE,
-        original_height: SIDE,
-        image_format: ImageFormat::Gray8,
-        image: Bytes::from(pixels),
-    }
-}
-
-async fn dataset(store: &dyn ObjectStore) {
-    let mut manifest = Manifest::new(
-        "corners",
-        true,
-        ManifestSource {
-            format: "synthetic".into(),
-            uri: "test://corners".into(),
-        },
-    );
-    let mut state = 7u64;
-    let mut index = 0;
-    for (split, shards) in [(Split::Train, 3u32), (Split::Validation, 1)] {
-        for shard in 0..shards {
-            let rows: Vec<ShardRow> = (0..48)
-                .map(|_| {
-                    index += 1;
-                    row(split, index, &mut state)
-                })
-                .collect();
-            for r in &rows {
-                manifest.count_row(split, r.labels);
-            }
-            let key = ready_shard_key("corners", SIDE, split, shard);
-            store
-                .put(
-                    &key,
-                    Bytes::from(write_shard(&rows, &ShardOptions::default()).unwrap()),
-                )
-                .await
-                .unwrap();
-            manifest.shards.push(ManifestShard {
-                key: format!(
-                    "datasets/corners/raw/{}/shard-{shard:05}.parquet",
-                    split.name()
-                ),
-                uri: String::new(),
-                split: split.name().into(),
-                index: shard,
-                sha256: String::new(),
-                size_bytes: 0,
-                rows: 48,
-            });
-        }
-    }
-    store
-        .put(
-            "datasets/corners/manifest.json",
-            Bytes::from(serde_json::to_vec(&manifest).unwrap()),
-        )
-        .await
-        .unwrap();
-}
-
-fn settings() -> TrainSettings {
-    TrainSettings {
-        model: ModelConfig::Densenet(DenseNetConfig {
-            growth_rate: 4,
-            block_config: vec![2, 2],
-            num_init_features: 8,
-            bn_size: 2,
-            compression: 0.5,
-        }),
-        recipe: RecipeConfig {
-            epochs: 4,
-            batch_size: 16,
-            accumulation_steps: 2,
-            learning_rate: 5e-3,
-            warmup_steps: 3,
-            patience: 10,
-            seed: 3,
-            ..RecipeConfig::default()
-        },
-        image_size: SIDE,
-        // Corners carry the labels: no flips or warps here.
-        augment: AugmentConfig {
-            hflip_p: 0.0,
-            rotate_deg: 0.0,
-            translate_frac: 0.0,
-            shear_deg: 0.0,
-            brightness: 0.1,
-            contrast: 0.1,
-            blur_p: 0.0,
-            erase_p: 0.0,
-            ..AugmentConfig::default()
-        },
-        loader_workers: 2,
-        prefetch_shards: 1,
-        shuffle_buffer: 64,
-        pretrained: String::new(),
-    }
-}
 
 fn run(
     store: &Arc<dyn ObjectStore>,
     run_id: &str,
     settings: &TrainSettings,
     interrupt_at: Option<usize>,
+) -> (Result<RunState, RunError>, Vec<Written>) {
+    run_announcing(store, run_id, settings, interrupt_at, true)
+}
+
+/// `announce`: what the `written` hook answers (false: the bus is down).
+fn run_announcing(
+    store: &Arc<dyn ObjectStore>,
+    run_id: &str,
+    settings: &TrainSettings,
+    interrupt_at: Option<usize>,
+    announce: bool,
 ) -> (Result<RunState, RunError>, Vec<Written>) {
     let calls = AtomicUsize::new(0);
     let mut written = Vec::new();
@@ -176,10 +47,15 @@ fn run(
         &Device::Cpu,
         RunHooks {
             progress: &mut |_| {},
-            written: &mut |w| written.push((w.epoch, w.best, w.last)),
+            written: &mut |w| {
+                assert_eq!(w.sha256.len(), 64, "announced with its sha256");
+                written.push((w.epoch, w.best, w.last));
+                announce
+            },
             interrupted: &|| {
                 interrupt_at.is_some_and(|k| calls.fetch_add(1, Ordering::SeqCst) + 1 >= k)
             },
+            loader_wait: None,
         },
     );
     (result, written)
@@ -341,4 +217,41 @@ async fn a_missing_dataset_is_named() {
     let (result, _) = tokio::task::block_in_place(|| run(&store, "r", &settings(), None));
     let err = result.unwrap_err().to_string();
     assert!(err.contains("datasets/corners/manifest.json"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_not_announced_are_offered_again_without_training_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(FsStore::open(dir.path()).await.unwrap());
+    dataset(store.as_ref()).await;
+    let mut settings = settings();
+    settings.recipe.epochs = 2;
+
+    // The bus is down for the whole run: every checkpoint is offered after
+    // each epoch, none is taken.
+    let (down, offered) =
+        tokio::task::block_in_place(|| run_announcing(&store, "r", &settings, None, false));
+    let down = down.unwrap();
+    assert_eq!(
+        (down.status, down.announced_epochs),
+        (RunStatus::Completed, 0)
+    );
+    assert!(down.needs_work(), "a restarted trainer must pick it up");
+    assert_eq!(
+        offered.iter().map(|w| w.0).collect::<Vec<_>>(),
+        vec![0, 0],
+        "epoch 0 offered again after epoch 1, and epoch 1 not before it"
+    );
+    let steps = down.step;
+
+    // Back up: both are announced in order, the last flagged, nothing retrained.
+    let (up, announced) = tokio::task::block_in_place(|| run(&store, "r", &settings, None));
+    let up = up.unwrap();
+    assert_eq!(
+        announced,
+        vec![(0, announced[0].1, false), (1, announced[1].1, true)]
+    );
+    assert_eq!((up.announced_epochs, up.step), (2, steps));
+    assert!(!up.needs_work());
+    assert_eq!(history(&store, "r").await.len(), 2);
 }

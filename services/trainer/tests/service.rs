@@ -1,0 +1,634 @@
+//! The trainer service in process (memory bus, filesystem store): requests
+//! become durable runs trained once, duplicates start nothing, bad requests
+//! go to the dead-letter topic with their reason, checkpoints are
+//! announced, dataset completions trigger runs, a stopped worker resumes.
+
+use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use chexvision_bus::{
+    drain, publish_event, Bus, Consumer, ConsumerOptions, MemoryBus, OutboundRecord, TopicSpec,
+};
+use chexvision_config::{KafkaSettings, Topics};
+use chexvision_dataset::dataset_ready_key;
+use chexvision_events::{Body, DatasetReady, Envelope, ModelKind, ObjectRef, TrainingRequested};
+use chexvision_models::candle_core::Device;
+use chexvision_store::{FsStore, ObjectStore};
+use chexvision_trainer::{
+    read_run_state,
+    service::{
+        load_run_settings, pending_runs, Accepted, JobOutcome, RequestError, TrainerHandler,
+        TrainerWorker,
+    },
+    EpochRecord, RunStatus, TrainerMetrics, TrainerServiceSettings,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+mod common;
+use common::{dataset, settings, SIDE};
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn ObjectStore>,
+    bus: Arc<dyn Bus>,
+    topics: Topics,
+    settings: TrainerServiceSettings,
+}
+
+/// A store holding the `corners` dataset and a configs folder with
+/// `corners.yaml` (the common settings, 2 epochs) and `other.yaml`.
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(FsStore::open(dir.path().join("store")).await.unwrap());
+    dataset(store.as_ref()).await;
+    let configs = dir.path().join("configs");
+    std::fs::create_dir_all(&configs).unwrap();
+    let mut run_settings = settings();
+    run_settings.recipe.epochs = 2;
+    let yaml = serde_yaml::to_string(&run_settings).unwrap();
+    std::fs::write(
+        configs.join("corners.yaml"),
+        format!("service:\n{}", indent(&yaml)),
+    )
+    .unwrap();
+    std::fs::write(
+        configs.join("other.yaml"),
+        "inherits: corners.yaml\nservice:\n  image_size: 64\n",
+    )
+    .unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+    let topics = Topics::default();
+    let specs: Vec<TopicSpec> = [
+        &topics.training_requests,
+        &topics.datasets,
+        &topics.checkpoints,
+        &topics.dead_letter,
+    ]
+    .iter()
+    .map(|t| TopicSpec::new(*t, 1))
+    .collect();
+    bus.create_topics(&specs).await.unwrap();
+    Harness {
+        _dir: dir,
+        store,
+        bus,
+        topics,
+        settings: TrainerServiceSettings {
+            configs_dir: configs.display().to_string(),
+            default_config: "corners".into(),
+            densenet_config: "corners".into(),
+            dataset_ready_config: "corners".into(),
+            retry_backoff_secs: 0,
+            max_attempts: 2,
+            ..TrainerServiceSettings::default()
+        },
+    }
+}
+
+fn indent(yaml: &str) -> String {
+    yaml.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+fn request(id: &str, dataset: &str, config: &str) -> TrainingRequested {
+    TrainingRequested {
+        request_id: id.into(),
+        dataset_id: dataset.into(),
+        model_kind: ModelKind::Unspecified as i32,
+        config: config.into(),
+        overrides: HashMap::new(),
+        reason: "test".into(),
+        requested_by: "tests".into(),
+    }
+}
+
+impl Harness {
+    fn handler(
+        &self,
+        metrics: Option<TrainerMetrics>,
+    ) -> (TrainerHandler, mpsc::UnboundedReceiver<String>) {
+        let (jobs, queue) = mpsc::unbounded_channel();
+        (
+            TrainerHandler {
+                store: self.store.clone(),
+                settings: self.settings.clone(),
+                jobs,
+                metrics,
+            },
+            queue,
+        )
+    }
+
+    fn worker(&self, metrics: Option<TrainerMetrics>) -> Arc<TrainerWorker> {
+        Arc::new(TrainerWorker {
+            store: self.store.clone(),
+            bus: self.bus.clone(),
+            topics: self.topics.clone(),
+            settings: self.settings.clone(),
+            device: Device::Cpu,
+            metrics,
+        })
+    }
+
+    async fn events(&self, topic: &str, group: &str, idle: Duration) -> Vec<Envelope> {
+        let mut subscription = self
+            .bus
+            .subscribe(group, &[topic.to_owned()])
+            .await
+            .unwrap();
+        drain(subscription.as_mut(), usize::MAX, idle)
+            .await
+            .into_iter()
+            .map(|d| Envelope::decode_checked(&d.payload).unwrap())
+            .collect()
+    }
+
+    async fn send(&self, body: impl Into<Body>) -> Envelope {
+        let envelope = Envelope::new(body, "tests");
+        publish_event(
+            self.bus.as_ref(),
+            &self.topics.training_requests,
+            "k",
+            &envelope,
+        )
+        .await
+        .unwrap();
+        envelope
+    }
+}
+
+fn metric(registry: &prometheus::Registry, name: &str, label: Option<&str>) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| label.is_none_or(|l| m.get_label().iter().any(|p| p.value() == l)))
+        // The kind not set reads 0.
+        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_become_runs_trained_once_and_bad_ones_are_dead_lettered() {
+    let h = harness().await;
+    let registry = prometheus::Registry::new();
+    let metrics = TrainerMetrics::register(&registry).unwrap();
+    let (handler, queue) = h.handler(Some(metrics.clone()));
+    let kafka = KafkaSettings {
+        retry_backoff_initial_ms: 10,
+        retry_backoff_max_ms: 20,
+        ..KafkaSettings::default()
+    };
+    let consumer = Consumer::new(
+        h.bus.clone(),
+        ConsumerOptions::new("trainer", &[&h.topics.training_requests], &kafka, &h.topics),
+    );
+    let shutdown = CancellationToken::new();
+    let consumer_task = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { consumer.run(&handler, shutdown).await })
+    };
+    let worker_task = tokio::spawn(h.worker(Some(metrics.clone())).run(queue, shutdown.clone()));
+
+    let mut good = request("r-1", "corners", "");
+    good.overrides.insert("recipe.epochs".into(), "2".into());
+    let sent = h.send(good.clone()).await;
+    h.send(good).await; // duplicate
+    h.bus
+        .publish(OutboundRecord {
+            topic: h.topics.training_requests.clone(),
+            key: b"junk".to_vec(),
+            payload: b"not a protobuf event".to_vec(),
+            headers: Vec::new(),
+        })
+        .await
+        .unwrap();
+    h.send(request("r-2", "corners", "nope")).await;
+    let mut contradicting = request("r-3", "corners", "corners");
+    contradicting.model_kind = ModelKind::SeResnet as i32;
+    h.send(contradicting).await;
+    h.send(request("r-4", "missing", "corners")).await;
+    let mut bad_override = request("r-5", "corners", "corners");
+    bad_override
+        .overrides
+        .insert("recipe.epochs".into(), "many".into());
+    h.send(bad_override).await;
+    h.send(request("../escape", "corners", "corners")).await;
+
+    // Two epochs, two announcements.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let checkpoints = loop {
+        let events = h
+            .events(
+                &h.topics.checkpoints,
+                &format!("c{}", uuid()),
+                Duration::from_millis(200),
+            )
+            .await;
+        if events.len() >= 2 || std::time::Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let announced: Vec<_> = checkpoints
+        .iter()
+        .map(|e| match e.body.as_ref().unwrap() {
+            Body::CheckpointCreated(c) => c.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(announced.len(), 2, "{announced:?}");
+    assert_eq!(
+        announced
+            .iter()
+            .map(|c| (c.epoch, c.is_final))
+            .collect::<Vec<_>>(),
+        vec![(0, false), (1, true)]
+    );
+    for (event, c) in checkpoints.iter().zip(&announced) {
+        assert_eq!(c.run_id, "r-1");
+        assert_eq!(c.request_id, "r-1");
+        assert_eq!(c.dataset_id, "corners");
+        assert_eq!(c.model_kind(), ModelKind::Densenet121);
+        assert_eq!(
+            event.correlation_id(),
+            sent.correlation_id(),
+            "the run's events follow the request"
+        );
+        let object = c.checkpoint.as_ref().unwrap();
+        let key = format!("runs/r-1/checkpoints/epoch-{:03}.safetensors", c.epoch);
+        assert_eq!(object.uri, h.store.uri(&key));
+        let bytes = h.store.get(&key).await.unwrap();
+        assert_eq!(object.sha256, chexvision_store::sha256_hex(&bytes));
+        assert_eq!(object.size_bytes, bytes.len() as u64);
+    }
+    assert!(announced.iter().any(|c| c.is_best));
+    assert!(
+        announced[1].val_macro_auc > 0.5,
+        "{}",
+        announced[1].val_macro_auc
+    );
+
+    // Every bad request is in the dead-letter topic with its reason.
+    let dead: Vec<String> = h
+        .events(&h.topics.dead_letter, "dlq", Duration::from_millis(300))
+        .await
+        .into_iter()
+        .map(|e| match e.body.unwrap() {
+            Body::DeadLetter(d) => d.error,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let expected = [
+        "malformed record",
+        "unknown config `nope`",
+        "contradicts config `corners`",
+        "dataset `missing` is not ready at 32 px",
+        "recipe.epochs",
+        "request_id `../escape` is not valid",
+    ];
+    assert_eq!(dead.len(), expected.len(), "{dead:#?}");
+    for (error, want) in dead.iter().zip(expected) {
+        assert!(error.contains(want), "{error:?} should contain {want:?}");
+    }
+
+    // One run, completed and fully announced; nothing for the rejects.
+    let state = read_run_state(h.store.as_ref(), "r-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (state.status, state.epochs_done, state.announced_epochs),
+        (RunStatus::Completed, 2, 2)
+    );
+    let request = state.request.unwrap();
+    assert_eq!(request.config, "corners");
+    assert_eq!(request.overrides["recipe.epochs"], "2");
+    for rejected in ["r-2", "r-3", "r-4", "r-5"] {
+        assert!(read_run_state(h.store.as_ref(), rejected)
+            .await
+            .unwrap()
+            .is_none());
+    }
+    assert_eq!(
+        metric(
+            &registry,
+            "chexvision_trainer_requests_total",
+            Some("accepted")
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &registry,
+            "chexvision_trainer_requests_total",
+            Some("duplicate")
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &registry,
+            "chexvision_trainer_runs_total",
+            Some("completed")
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&registry, "chexvision_trainer_checkpoints_total", None),
+        2.0
+    );
+    assert_eq!(metric(&registry, "chexvision_trainer_epoch", None), 1.0);
+    assert!(metric(&registry, "chexvision_trainer_images_total", None) >= 288.0);
+    assert!(metric(&registry, "chexvision_trainer_val_macro_auc", None) > 0.5);
+    assert_eq!(
+        metric(&registry, "chexvision_trainer_queued_runs", None),
+        0.0
+    );
+    let waits = registry
+        .gather()
+        .into_iter()
+        .find(|f| f.name() == "chexvision_trainer_loader_wait_seconds")
+        .unwrap();
+    assert!(waits.get_metric()[0].get_histogram().get_sample_count() >= 18);
+
+    shutdown.cancel();
+    consumer_task.await.unwrap().unwrap();
+    worker_task.await.unwrap().unwrap();
+}
+
+fn uuid() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_leaves_the_run_to_the_next_start_which_finishes_it() {
+    let h = harness().await;
+    let (handler, _queue) = h.handler(None);
+    let envelope = Envelope::new(request("r-kill", "corners", "corners"), "tests");
+    let Some(Body::TrainingRequested(req)) = &envelope.body else {
+        unreachable!()
+    };
+    assert_eq!(
+        handler.accept(req, &envelope).await.unwrap(),
+        Accepted::Started("r-kill".into())
+    );
+    // Durable before the request is acknowledged.
+    let state = read_run_state(h.store.as_ref(), "r-kill")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((state.status, state.epochs_done), (RunStatus::Running, 0));
+    h.store.head("runs/r-kill/config.yaml").await.unwrap();
+    assert_eq!(
+        pending_runs(h.store.as_ref()).await.unwrap(),
+        vec!["r-kill"]
+    );
+
+    // SIGTERM during the second epoch.
+    let registry = prometheus::Registry::new();
+    let metrics = TrainerMetrics::register(&registry).unwrap();
+    let shutdown = CancellationToken::new();
+    let watcher = {
+        let (shutdown, metrics) = (shutdown.clone(), metrics.clone());
+        tokio::spawn(async move {
+            while metrics.images.get() < 144 + 32 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            shutdown.cancel();
+        })
+    };
+    let outcome = h.worker(Some(metrics)).run_job("r-kill", &shutdown).await;
+    watcher.await.unwrap();
+    assert_eq!(outcome, JobOutcome::Interrupted);
+    let state = read_run_state(h.store.as_ref(), "r-kill")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((state.status, state.epochs_done), (RunStatus::Running, 1));
+    assert_eq!(
+        pending_runs(h.store.as_ref()).await.unwrap(),
+        vec!["r-kill"]
+    );
+
+    // The next start finishes it: each epoch once.
+    let outcome = h
+        .worker(None)
+        .run_job("r-kill", &CancellationToken::new())
+        .await;
+    assert_eq!(outcome, JobOutcome::Finished(RunStatus::Completed));
+    let history: Vec<EpochRecord> =
+        serde_json::from_slice(&h.store.get("runs/r-kill/history.json").await.unwrap()).unwrap();
+    assert_eq!(
+        history.iter().map(|e| e.epoch).collect::<Vec<_>>(),
+        vec![0, 1]
+    );
+    assert!(pending_runs(h.store.as_ref()).await.unwrap().is_empty());
+    let announced = h
+        .events(&h.topics.checkpoints, "c", Duration::from_millis(200))
+        .await;
+    assert_eq!(
+        announced.len(),
+        2,
+        "epoch 0 once, by the first worker; epoch 1 by the second"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_dataset_vanished_is_marked_failed_naming_what_is_missing() {
+    let h = harness().await;
+    let (handler, _queue) = h.handler(None);
+    let envelope = Envelope::new(request("r-gone", "corners", "corners"), "tests");
+    let Some(Body::TrainingRequested(req)) = &envelope.body else {
+        unreachable!()
+    };
+    handler.accept(req, &envelope).await.unwrap();
+    h.store
+        .delete("datasets/corners/manifest.json")
+        .await
+        .unwrap();
+    let outcome = h
+        .worker(None)
+        .run_job("r-gone", &CancellationToken::new())
+        .await;
+    let JobOutcome::Failed(error) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(error.contains("datasets/corners/manifest.json"), "{error}");
+    let state = read_run_state(h.store.as_ref(), "r-gone")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.status, RunStatus::Failed);
+    assert!(state.error.unwrap().contains("manifest.json"));
+    assert!(
+        pending_runs(h.store.as_ref()).await.unwrap().is_empty(),
+        "a failed run is not retried on restart"
+    );
+}
+
+fn dataset_ready(dataset_id: &str, size_px: u32, sha: &str) -> DatasetReady {
+    DatasetReady {
+        dataset_id: dataset_id.into(),
+        manifest: Some(ObjectRef {
+            uri: format!("file:///datasets/{dataset_id}/manifest.json"),
+            sha256: sha.into(),
+            size_bytes: 1,
+        }),
+        image_size_px: size_px,
+        shard_count: 4,
+        rows_per_split: HashMap::new(),
+        synthetic: true,
+    }
+}
+
+async fn handle(
+    handler: &TrainerHandler,
+    body: impl Into<Body>,
+) -> Result<(), chexvision_bus::HandlerError> {
+    let envelope = Envelope::new(body, "tests");
+    let delivery = chexvision_bus::Delivery {
+        topic: "t".into(),
+        partition: 0,
+        offset: 0,
+        key: Vec::new(),
+        payload: envelope.to_bytes(),
+        headers: Vec::new(),
+    };
+    chexvision_bus::Handler::handle(handler, &delivery).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_dataset_starts_one_run_per_manifest_when_configured() {
+    let mut h = harness().await;
+    let sha = "ab".repeat(32);
+    let (off, _) = h.handler(None);
+    let err = handle(&off, dataset_ready("corners", SIDE, &sha))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("expected a training request"),
+        "{err}"
+    );
+
+    h.settings.train_on_dataset_ready = true;
+    let (on, mut queue) = h.handler(None);
+    handle(&on, dataset_ready("corners", SIDE, &sha))
+        .await
+        .unwrap();
+    let run_id = queue.try_recv().unwrap();
+    assert_eq!(run_id, format!("auto-corners-32px-{}", &sha[..12]));
+    let state = read_run_state(h.store.as_ref(), &run_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(state.synthetic);
+    assert!(state
+        .request
+        .unwrap()
+        .reason
+        .contains("dataset corners ready"));
+    // Announced again: the same run, nothing new.
+    handle(&on, dataset_ready("corners", SIDE, &sha))
+        .await
+        .unwrap();
+    assert!(queue.try_recv().is_err());
+    // Another size than the config trains: not ours.
+    handle(&on, dataset_ready("corners", 320, &sha))
+        .await
+        .unwrap();
+    assert!(queue.try_recv().is_err());
+    // No manifest digest: malformed.
+    let err = handle(&on, dataset_ready("corners", SIDE, ""))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("manifest sha256"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_is_the_newest_dataset_ready_at_the_size() {
+    let h = harness().await;
+    let (handler, mut queue) = h.handler(None);
+    // A newer dataset ready at 32 px: a copy of corners under another id.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for object in h.store.list("datasets/corners/").await.unwrap() {
+        let bytes = h.store.get(&object.key).await.unwrap();
+        let key = object
+            .key
+            .replacen("datasets/corners/", "datasets/newer/", 1);
+        h.store.put(&key, bytes).await.unwrap();
+    }
+    h.store
+        .put(&dataset_ready_key("newer", SIDE), Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    let envelope = Envelope::new(request("r-latest", "latest", "corners"), "tests");
+    let Some(Body::TrainingRequested(req)) = &envelope.body else {
+        unreachable!()
+    };
+    handler.accept(req, &envelope).await.unwrap();
+    queue.try_recv().unwrap();
+    let state = read_run_state(h.store.as_ref(), "r-latest")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.dataset_id, "newer");
+
+    // Nothing is ready at 64 px (config `other`).
+    let envelope = Envelope::new(request("r-64", "latest", "other"), "tests");
+    let Some(Body::TrainingRequested(req)) = &envelope.body else {
+        unreachable!()
+    };
+    let err = handler.accept(req, &envelope).await.unwrap_err();
+    assert!(
+        matches!(&err, RequestError::Rejected(m) if m.contains("no dataset is ready at 64 px")),
+        "{err}"
+    );
+}
+
+#[test]
+fn overrides_apply_to_the_run_settings_and_name_their_key_when_wrong() {
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let overrides = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let tiny = load_run_settings(&configs, "tiny", &overrides(&[]), "t").unwrap();
+    let changed = load_run_settings(
+        &configs,
+        "tiny",
+        &overrides(&[("recipe.epochs", "3"), ("service.image_size", "96")]),
+        "t",
+    )
+    .unwrap();
+    assert_eq!((changed.recipe.epochs, changed.image_size), (3, 96));
+    assert_eq!(changed.model, tiny.model);
+    for (key, value, want) in [
+        ("recipe.epochs", "many", "recipe.epochs"),
+        ("recipe.no_such_key", "1", "no_such_key"),
+        ("../x", "1", "not a key path"),
+        ("recipe..epochs", "1", "not a key path"),
+    ] {
+        let err = load_run_settings(&configs, "tiny", &overrides(&[(key, value)]), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{key}: {err}");
+    }
+    let err = load_run_settings(&configs, "../etc/passwd", &overrides(&[]), "t")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a config name"), "{err}");
+    let err = load_run_settings(&configs, "huge", &overrides(&[]), "t")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unknown config `huge`") && err.contains("tiny"),
+        "{err}"
+    );
+}
