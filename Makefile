@@ -22,11 +22,12 @@ help:
 # Everything CI runs. CHEXVISION_REQUIRE_STACK=1 turns a missing server into a
 # failure instead of a skip, so the Kafka and S3 suites really run.
 # The last line sums every test binary's result ("N passed, N failed").
-# The preprocess end-to-end test runs the service binary this same run builds.
+# The service end-to-end tests run the service binaries this same run builds.
 test: lint deps
 	eval "$$(scripts/stack.sh up)" && \
 	  CHEXVISION_REQUIRE_STACK=1 \
 	  CHEXVISION_PREPROCESS_BIN="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/chexvision-preprocess" \
+	  CHEXVISION_TRAINER_BIN="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/chexvision-trainer" \
 	  $(CARGO) test --workspace --locked --lib --bins --tests 2>&1 \
 	  | awk '{ print } /^test result:/ { passed += $$4; failed += $$6 } \
 	         END { printf "%d passed, %d failed\n", passed, failed }'

@@ -18,19 +18,20 @@
 //! Skipped without the stack, unless CHEXVISION_REQUIRE_STACK=1 (make test, CI).
 
 mod common;
-use common::{chexvision, stack};
+use common::{
+    chexvision, counter, metrics_text, service_binary, stack, Deadline, Service, TopicReader,
+};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpStream},
+    io::Write,
+    net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
+    process::Stdio,
     time::{Duration, Instant, SystemTime},
 };
 
-use chexvision_bus::{Bus, Delivery, TopicSpec};
+use chexvision_bus::TopicSpec;
 use chexvision_dataset::{
     manifest_key, read_shard, ready_shard_key, ImageFormat, Manifest, ShardRow, Split,
 };
@@ -44,8 +45,6 @@ const IMAGES: usize = 300;
 const SYNTH_PX: u32 = 128;
 const SHARD_ROWS: &str = "64";
 const READY_PX: u32 = 320;
-/// The longest any single wait may take (the whole test takes seconds).
-const PATIENCE: Duration = Duration::from_secs(120);
 /// How long to keep listening before concluding that nothing more arrives,
 /// once the service has counted the records it was sent as handled (its
 /// announcements are durable before that).
@@ -53,275 +52,14 @@ const QUIET: Duration = Duration::from_secs(3);
 
 /// The `chexvision-preprocess` binary of this build, built if needed.
 fn preprocess_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("CHEXVISION_PREPROCESS_BIN") {
-        return PathBuf::from(path);
-    }
-    // Next to this package's own binary: <target>/<profile>/chexvision.
-    let cli = Path::new(env!("CARGO_BIN_EXE_chexvision"));
-    let profile_dir = cli.parent().expect("binary folder");
-    let target_dir = profile_dir.parent().expect("target folder");
-    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    // Both packages selected, so features resolve as for `cargo test -p
-    // chexvision-cli` and the dependencies built for it are reused (a
-    // workspace-wide run resolves some features differently: there, pass
-    // the binary it built in CHEXVISION_PREPROCESS_BIN to skip this build).
-    eprintln!("building chexvision-preprocess for this test");
-    command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--locked"])
-        .args(["-p", "chexvision-cli", "-p", "chexvision-preprocess"])
-        .args(["--bin", "chexvision-preprocess", "--target-dir"])
-        .arg(target_dir);
-    match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => {}
-        Some("release") => {
-            command.arg("--release");
-        }
-        Some(other) => {
-            command.args(["--profile", other]);
-        }
-        None => panic!("unexpected binary path {}", cli.display()),
-    }
-    let status = command.status().expect("run cargo");
-    assert!(status.success(), "building chexvision-preprocess failed");
-    let binary = profile_dir.join(format!(
-        "chexvision-preprocess{}",
-        std::env::consts::EXE_SUFFIX
-    ));
-    assert!(binary.exists(), "{} was not built", binary.display());
-    binary
+    service_binary("chexvision-preprocess", "CHEXVISION_PREPROCESS_BIN")
 }
 
-/// A running `chexvision-preprocess`. Killed (SIGKILL) when dropped, so no
-/// process outlives the test even when an assertion fails; its log is
-/// printed then.
-struct Service {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    name: String,
-}
-
-impl Service {
-    fn start(binary: &Path, env: &[(String, String)], group: &str, name: &str) -> Service {
-        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/preprocess.yaml");
-        let mut child = Command::new(binary)
-            .arg("--config")
-            .arg(config)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("CHEXVISION_SERVICE__GROUP", group)
-            // Any free port: the address is read back from the log.
-            .env("CHEXVISION_HTTP__BIND", "127.0.0.1:0")
-            .env("CHEXVISION_LOG__FORMAT", "json")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start chexvision-preprocess");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        {
-            // Also keeps the pipe drained, so the service never blocks on it.
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        Service {
-            child,
-            log,
-            name: name.to_owned(),
-        }
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let log = self.log.lock().unwrap();
-        log[log.len().saturating_sub(lines)..].join("\n")
-    }
-
-    /// Panics (with the log) if the service has exited.
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!(
-                "{} exited early ({status}); its log:\n{}",
-                self.name,
-                self.log_tail(40)
-            );
-        }
-    }
-
-    /// The address of its HTTP endpoints, from the "http endpoints up" log line.
-    async fn http_address(&mut self) -> SocketAddr {
-        let deadline = Deadline::new(&format!("{}: http endpoints up", self.name));
-        loop {
-            let found = self.log.lock().unwrap().iter().find_map(|line| {
-                let value: serde_json::Value = serde_json::from_str(line).ok()?;
-                if value["message"] != "http endpoints up" {
-                    return None;
-                }
-                value["address"].as_str()?.parse().ok()
-            });
-            if let Some(address) = found {
-                return address;
-            }
-            deadline.tick(self).await;
-        }
-    }
-
-    /// SIGTERM, then waits for the graceful exit.
-    fn terminate(&mut self) -> ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -TERM failed");
-        let deadline = Instant::now() + Duration::from_secs(45);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not stop within 45 s of SIGTERM; its log:\n{}",
-                self.name,
-                self.log_tail(40)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- {} log (last 60 lines) ---", self.name);
-            eprintln!("{}", self.log_tail(60));
-        }
-    }
-}
-
-/// A wait with the test's patience that also fails at once when the service
-/// died.
-struct Deadline {
-    until: Instant,
-    what: String,
-}
-
-impl Deadline {
-    fn new(what: &str) -> Self {
-        Deadline {
-            until: Instant::now() + PATIENCE,
-            what: what.to_owned(),
-        }
-    }
-
-    async fn tick(&self, service: &mut Service) {
-        service.assert_running();
-        assert!(
-            Instant::now() < self.until,
-            "waited {PATIENCE:?} for {}; service log:\n{}",
-            self.what,
-            service.log_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Every record of a topic, collected by a consumer of its own group from
-/// the start of the topic while the test runs.
-struct TopicReader {
-    records: Arc<Mutex<Vec<Delivery>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl TopicReader {
-    async fn start(bus: &Arc<dyn Bus>, topic: &str) -> TopicReader {
-        let group = format!("e2e-check-{}", uuid::Uuid::new_v4().simple());
-        let mut subscription = bus.subscribe(&group, &[topic.to_owned()]).await.unwrap();
-        let records = Arc::new(Mutex::new(Vec::new()));
-        let task = {
-            let records = records.clone();
-            tokio::spawn(async move {
-                loop {
-                    match subscription.next().await {
-                        Ok(delivery) => records.lock().unwrap().push(delivery),
-                        Err(e) => {
-                            eprintln!("test consumer: {e}");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                    }
-                }
-            })
-        };
-        TopicReader { records, task }
-    }
-
-    /// (key, event) of every record so far.
-    fn events(&self) -> Vec<(String, Envelope)> {
-        self.records
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|d| {
-                let event = Envelope::decode_checked(&d.payload)
-                    .unwrap_or_else(|e| panic!("{d}: not an event: {e}"));
-                (String::from_utf8_lossy(&d.key).into_owned(), event)
-            })
-            .collect()
-    }
-
-    fn len(&self) -> usize {
-        self.records.lock().unwrap().len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl Drop for TopicReader {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// The service's Prometheus text (GET /metrics over HTTP/1.0).
-fn metrics_text(address: SocketAddr) -> String {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"));
-    response
-}
-
-/// The value of counter `name` with (at least) these labels; 0 when absent.
-fn counter(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let Some((set, value)) = rest.strip_prefix('{').and_then(|r| r.split_once("} ")) else {
-            continue;
-        };
-        let matches = labels
-            .iter()
-            .all(|(k, v)| set.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
-        if matches {
-            return value.trim().parse::<f64>().unwrap() as u64;
-        }
-    }
-    0
+fn start_preprocess(binary: &Path, env: &[(String, String)], group: &str, name: &str) -> Service {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/preprocess.yaml");
+    let mut env = env.to_vec();
+    env.push(("CHEXVISION_SERVICE__GROUP".into(), group.into()));
+    Service::start(binary, &config, &env, name)
 }
 
 /// Waits until the service has handled `raw_records` records of the raw
@@ -565,7 +303,7 @@ async fn service_prepares_an_ingested_dataset_once() {
 
     // The service, until the dataset is announced ready.
     let group = format!("e2e-preprocess-{unique}");
-    let mut service = Service::start(&binary, &env, &group, "chexvision-preprocess");
+    let mut service = start_preprocess(&binary, &env, &group, "chexvision-preprocess");
     let address = service.http_address().await;
     let deadline = Deadline::new("DatasetReady");
     while datasets.is_empty() {
@@ -809,7 +547,7 @@ async fn service_prepares_an_ingested_dataset_once() {
     let status = service.terminate();
     assert!(status.success(), "exit after SIGTERM: {status}");
     drop(service);
-    let mut service = Service::start(
+    let mut service = start_preprocess(
         &binary,
         &env,
         &format!("{group}-replay"),

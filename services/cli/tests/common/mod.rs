@@ -1,8 +1,21 @@
 //! What the end-to-end tests against the local stack share: the CLI
 //! binary, and the stack's settings (skip without it, unless
-//! CHEXVISION_REQUIRE_STACK=1, as in `make test` and CI).
+//! CHEXVISION_REQUIRE_STACK=1, as in `make test` and CI); the service
+//! binaries run as child processes, their logs and metrics, topics read
+//! from the start.
+#![allow(dead_code)] // each test uses its own part
 
-use std::process::Command;
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chexvision_bus::{Bus, Delivery};
+use chexvision_events::Envelope;
 
 use chexvision_config::{Loader, PlatformConfig};
 
@@ -32,4 +45,296 @@ pub fn stack() -> Option<Stack> {
     }
     let bucket = rest.split('/').next().unwrap_or(rest).to_owned();
     Some(Stack { config, bucket })
+}
+
+/// The longest any single wait may take.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A service binary of this build (another package's, which Cargo does not
+/// build for these tests): the one `env_var` names, else built here (a
+/// no-op when it is up to date).
+pub fn service_binary(package: &str, env_var: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_var) {
+        return PathBuf::from(path);
+    }
+    // Next to this package's own binary: <target>/<profile>/chexvision.
+    let cli = Path::new(env!("CARGO_BIN_EXE_chexvision"));
+    let profile_dir = cli.parent().expect("binary folder");
+    let target_dir = profile_dir.parent().expect("target folder");
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    // Both packages selected, so features resolve as for `cargo test -p
+    // chexvision-cli` and the dependencies built for it are reused (a
+    // workspace-wide run resolves some features differently: there, pass
+    // the binary it built in `env_var` to skip this build).
+    eprintln!("building {package} for this test");
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--locked"])
+        .args(["-p", "chexvision-cli", "-p", package])
+        .args(["--bin", package, "--target-dir"])
+        .arg(target_dir);
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => {}
+        Some("release") => {
+            command.arg("--release");
+        }
+        Some(other) => {
+            command.args(["--profile", other]);
+        }
+        None => panic!("unexpected binary path {}", cli.display()),
+    }
+    let status = command.status().expect("run cargo");
+    assert!(status.success(), "building {package} failed");
+    let binary = profile_dir.join(format!("{package}{}", std::env::consts::EXE_SUFFIX));
+    assert!(binary.exists(), "{} was not built", binary.display());
+    binary
+}
+
+/// A running service binary. Killed (SIGKILL) when dropped, so no
+/// process outlives the test even when an assertion fails; its log is
+/// printed then.
+pub struct Service {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    name: String,
+}
+
+impl Service {
+    /// Starts `binary --config config` with `env`, logging JSON to a pipe.
+    pub fn start(binary: &Path, config: &Path, env: &[(String, String)], name: &str) -> Service {
+        let mut child = Command::new(binary)
+            .arg("--config")
+            .arg(config)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            // Any free port: the address is read back from the log.
+            .env("CHEXVISION_HTTP__BIND", "127.0.0.1:0")
+            .env("CHEXVISION_LOG__FORMAT", "json")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        {
+            // Also keeps the pipe drained, so the service never blocks on it.
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        Service {
+            child,
+            log,
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log.lock().unwrap();
+        log[log.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Panics (with the log) if the service has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!(
+                "{} exited early ({status}); its log:\n{}",
+                self.name,
+                self.log_tail(40)
+            );
+        }
+    }
+
+    /// The address of its HTTP endpoints, from the "http endpoints up" log line.
+    pub async fn http_address(&mut self) -> SocketAddr {
+        let deadline = Deadline::new(&format!("{}: http endpoints up", self.name));
+        loop {
+            let found = self.log.lock().unwrap().iter().find_map(|line| {
+                let value: serde_json::Value = serde_json::from_str(line).ok()?;
+                if value["message"] != "http endpoints up" {
+                    return None;
+                }
+                value["address"].as_str()?.parse().ok()
+            });
+            if let Some(address) = found {
+                return address;
+            }
+            deadline.tick(self).await;
+        }
+    }
+
+    /// SIGKILL: no chance to clean up, as when a node dies.
+    pub fn kill(&mut self) -> ExitStatus {
+        let _ = self.child.kill();
+        self.child.wait().unwrap()
+    }
+
+    /// SIGTERM, then waits for the graceful exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(45);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop within 45 s of SIGTERM; its log:\n{}",
+                self.name,
+                self.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- {} log (last 60 lines) ---", self.name);
+            eprintln!("{}", self.log_tail(60));
+        }
+    }
+}
+
+/// A wait with the test's patience that also fails at once when the service
+/// died.
+pub struct Deadline {
+    until: Instant,
+    what: String,
+}
+
+impl Deadline {
+    pub fn new(what: &str) -> Self {
+        Deadline {
+            until: Instant::now() + PATIENCE,
+            what: what.to_owned(),
+        }
+    }
+
+    pub async fn tick(&self, service: &mut Service) {
+        service.assert_running();
+        assert!(
+            Instant::now() < self.until,
+            "waited {PATIENCE:?} for {}; service log:\n{}",
+            self.what,
+            service.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every record of a topic, collected by a consumer of its own group from
+/// the start of the topic while the test runs.
+pub struct TopicReader {
+    records: Arc<Mutex<Vec<Delivery>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TopicReader {
+    pub async fn start(bus: &Arc<dyn Bus>, topic: &str) -> TopicReader {
+        let group = format!("e2e-check-{}", uuid::Uuid::new_v4().simple());
+        let mut subscription = bus.subscribe(&group, &[topic.to_owned()]).await.unwrap();
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let task = {
+            let records = records.clone();
+            tokio::spawn(async move {
+                loop {
+                    match subscription.next().await {
+                        Ok(delivery) => records.lock().unwrap().push(delivery),
+                        Err(e) => {
+                            eprintln!("test consumer: {e}");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+            })
+        };
+        TopicReader { records, task }
+    }
+
+    /// (key, event) of every record so far.
+    pub fn events(&self) -> Vec<(String, Envelope)> {
+        self.records
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                let event = Envelope::decode_checked(&d.payload)
+                    .unwrap_or_else(|e| panic!("{d}: not an event: {e}"));
+                (String::from_utf8_lossy(&d.key).into_owned(), event)
+            })
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for TopicReader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The service's Prometheus text (GET /metrics over HTTP/1.0).
+pub fn metrics_text(address: SocketAddr) -> String {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"));
+    response
+}
+
+/// The value of counter `name` with (at least) these labels; 0 when absent.
+pub fn counter(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+    metric(text, name, labels).unwrap_or(0.0) as u64
+}
+
+/// The value of metric `name` with (at least) these labels.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (set, value) = if let Some(labelled) = rest.strip_prefix('{') {
+            let Some(split) = labelled.split_once("} ") else {
+                continue;
+            };
+            split
+        } else if let Some(value) = rest.strip_prefix(' ') {
+            ("", value)
+        } else {
+            continue;
+        };
+        let matches = labels
+            .iter()
+            .all(|(k, v)| set.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
+        if matches {
+            return value.trim().parse::<f64>().ok();
+        }
+    }
+    None
 }
