@@ -55,6 +55,8 @@ pub struct Trainer {
     pos_weight: Tensor,
     step: u64,
     finetuning: bool,
+    epoch: u32,
+    micro_batches_this_epoch: u64,
 }
 
 impl Trainer {
@@ -96,6 +98,8 @@ impl Trainer {
             varmap,
             recipe,
             step: 0,
+            epoch: 0,
+            micro_batches_this_epoch: 0,
             finetuning: false,
         })
     }
@@ -125,6 +129,8 @@ impl Trainer {
     /// is frozen for the first `frozen_epochs`, then trains at
     /// `backbone_lr_factor` × the rate.
     pub fn begin_epoch(&mut self, epoch: u32) {
+        self.epoch = epoch;
+        self.micro_batches_this_epoch = 0;
         let frozen = epoch < self.recipe.frozen_epochs;
         self.model.set_backbone_frozen(frozen);
         self.finetuning = self.recipe.frozen_epochs > 0 && !frozen;
@@ -142,6 +148,16 @@ impl Trainer {
                 t.device(),
             )?)
         };
+        // Dropout masks from (seed, epoch, micro-batch): a resumed epoch
+        // draws what the uninterrupted one did.
+        self.model.set_dropout_seed(
+            self.recipe.seed
+                ^ (u64::from(self.epoch) << 40)
+                ^ self
+                    .micro_batches_this_epoch
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        self.micro_batches_this_epoch += 1;
         let out = self.model.forward_t(&batch.images, true)?;
         let loss = dual_head_loss(
             &out,

@@ -255,3 +255,49 @@ async fn checkpoints_not_announced_are_offered_again_without_training_again() {
     assert!(!up.needs_work());
     assert_eq!(history(&store, "r").await.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_with_dropout_resumes_to_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(FsStore::open(dir.path()).await.unwrap());
+    dataset(store.as_ref()).await;
+    let mut settings = settings();
+    settings.recipe.epochs = 2;
+    settings.model = chexvision_models::ModelConfig::SeResnet(chexvision_models::SeResNetConfig {
+        blocks: vec![1, 1],
+        widths: vec![8, 16],
+        stem_width: 8,
+        se_reduction: 4,
+        dropout: 0.5,
+    });
+    let (whole, _) = tokio::task::block_in_place(|| run(&store, "whole", &settings, None));
+    whole.unwrap();
+    // Cut in epoch 1, after 2 of its micro-batches.
+    let (cut, _) = tokio::task::block_in_place(|| run(&store, "cut", &settings, Some(9 + 3)));
+    assert!(
+        matches!(cut, Err(RunError::Interrupted { epoch: 1 })),
+        "{cut:?}"
+    );
+    let (resumed, _) = tokio::task::block_in_place(|| run(&store, "cut", &settings, None));
+    resumed.unwrap();
+    let digest = |run: &'static str| {
+        let store = store.clone();
+        async move {
+            Checkpoint::from_bytes(
+                &store
+                    .get(&format!("runs/{run}/checkpoints/epoch-001.safetensors"))
+                    .await
+                    .unwrap(),
+                &Device::Cpu,
+            )
+            .unwrap()
+            .meta
+            .tensors_sha256
+        }
+    };
+    assert_eq!(
+        digest("whole").await,
+        digest("cut").await,
+        "dropout masks are seeded"
+    );
+}

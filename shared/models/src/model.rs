@@ -1,7 +1,7 @@
 //! One network with two heads: 14 finding logits and one abnormal logit
 //! from the same pooled feature, in one forward pass.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{Linear, VarBuilder, VarMap};
@@ -94,6 +94,10 @@ pub struct ChestModel {
     heads: DualHeads,
     dropout: f32,
     backbone_frozen: AtomicBool,
+    /// Dropout masks come from ChaCha streams of (seed, draw), not from
+    /// candle's generator, which cannot be seeded on the CPU.
+    dropout_seed: AtomicU64,
+    dropout_draws: AtomicU64,
 }
 
 impl ChestModel {
@@ -124,6 +128,8 @@ impl ChestModel {
             heads,
             dropout,
             backbone_frozen: AtomicBool::new(false),
+            dropout_seed: AtomicU64::new(0),
+            dropout_draws: AtomicU64::new(0),
         })
     }
 
@@ -189,11 +195,44 @@ impl ChestModel {
         })
     }
 
+    /// Restarts the dropout masks from `seed`: the train-mode passes that
+    /// follow draw the same masks whenever the same seed is set (a trainer
+    /// sets one per micro-batch, so a resumed run sees the masks an
+    /// uninterrupted one did).
+    pub fn set_dropout_seed(&self, seed: u64) {
+        self.dropout_seed.store(seed, Ordering::Relaxed);
+        self.dropout_draws.store(0, Ordering::Relaxed);
+    }
+
+    /// Inverted dropout: zero with probability p, scale the rest by 1/(1-p).
+    fn dropout_mask(&self, like: &Tensor) -> Result<Tensor> {
+        use rand::{Rng, SeedableRng};
+        let draw = self.dropout_draws.fetch_add(1, Ordering::Relaxed);
+        let seed = self.dropout_seed.load(Ordering::Relaxed);
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&seed.to_le_bytes());
+        key[8..16].copy_from_slice(&draw.to_le_bytes());
+        key[16..24].copy_from_slice(b"dropout\0");
+        let mut rng = rand_chacha::ChaCha8Rng::from_seed(key);
+        let keep = 1.0 - self.dropout;
+        let scale = 1.0 / keep;
+        let mask: Vec<f32> = (0..like.elem_count())
+            .map(|_| {
+                if rng.random::<f32>() < keep {
+                    scale
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Ok(Tensor::from_vec(mask, like.dims(), like.device())?.to_dtype(like.dtype())?)
+    }
+
     /// Pooling, dropout (train mode) and the heads on a feature map.
     pub fn heads_from_feature_map(&self, fmap: &Tensor, train: bool) -> Result<DualLogits> {
         let mut pooled = global_avg_pool(fmap)?;
         if train && self.dropout > 0.0 {
-            pooled = candle_nn::ops::dropout(&pooled, self.dropout)?;
+            pooled = pooled.mul(&self.dropout_mask(&pooled)?)?;
         }
         Ok(DualLogits {
             findings: self.heads.multilabel.forward(&pooled)?,

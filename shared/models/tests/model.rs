@@ -377,6 +377,48 @@ fn dropout_only_in_train_mode() {
 }
 
 #[test]
+fn dropout_is_seeded_and_keeps_the_expected_value() {
+    let config = small_se_resnet(0.5);
+    let (model, _) = ChestModel::init(&config, 14, &Device::Cpu).unwrap();
+    let x = batch(2, 48, 8);
+    let fmap = model.feature_map(&x, false).unwrap();
+    let train = |seed: u64| {
+        model.set_dropout_seed(seed);
+        model.heads_from_feature_map(&fmap, true).unwrap().findings
+    };
+    assert_eq!(
+        max_abs_diff(&train(7), &train(7)),
+        0.0,
+        "same seed, same masks"
+    );
+    assert!(
+        max_abs_diff(&train(7), &train(8)) > 0.0,
+        "another seed, other masks"
+    );
+    // Successive passes after one seed draw different masks.
+    model.set_dropout_seed(7);
+    let first = model.heads_from_feature_map(&fmap, true).unwrap().findings;
+    let second = model.heads_from_feature_map(&fmap, true).unwrap().findings;
+    assert!(max_abs_diff(&first, &second) > 0.0);
+    // Inverted dropout: the heads are linear, so the mean over many masks
+    // approaches the eval output.
+    let eval = model.heads_from_feature_map(&fmap, false).unwrap().findings;
+    model.set_dropout_seed(1);
+    let draws = 400;
+    let mut sum = eval.zeros_like().unwrap();
+    for _ in 0..draws {
+        sum = (sum + model.heads_from_feature_map(&fmap, true).unwrap().findings).unwrap();
+    }
+    let mean = (sum / draws as f64).unwrap();
+    let spread = max_abs_diff(&train(3), &eval);
+    let error = max_abs_diff(&mean, &eval);
+    assert!(
+        error < spread / 4.0,
+        "mean of {draws} draws off by {error} (one draw: {spread})"
+    );
+}
+
+#[test]
 fn inference_model_refuses_train_mode() {
     let config = small_densenet();
     let (_, varmap) = ChestModel::init(&config, 14, &Device::Cpu).unwrap();
