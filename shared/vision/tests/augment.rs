@@ -554,9 +554,11 @@ fn tiny_images_do_not_panic() {
     }
 }
 
-/// The warp and blur take unchecked fast paths inside the image; they must
-/// give exactly what the plain formulas give (written out here the slow
-/// way: per-pixel inverse map, bounds-checked bilinear, reflected taps).
+/// The warp and blur take fast paths inside the image; they must give what
+/// the plain formulas give (written out here the slow way, in f64:
+/// per-pixel inverse map, bounds-checked bilinear, reflected taps). The
+/// warp samples at f32 positions, so a value right at a rounding boundary
+/// may come out one gray level apart: at most 1 level, on few pixels.
 #[test]
 fn fast_paths_equal_the_plain_formulas() {
     fn reference_warp(img: &GrayImage8, p: &AugmentParams) -> Vec<f32> {
@@ -628,15 +630,38 @@ fn fast_paths_equal_the_plain_formulas() {
         out
     }
     let img = smooth_image(61, 47);
-    for (i, (angle, shear, tx, ty, flip, sigma)) in [
+    let mut cases = vec![
         (13.0, 4.0, 2.5, -1.5, false, Some(1.3)),
         (-9.0, -3.0, -3.0, 2.0, true, Some(0.4)),
         (90.0, 0.0, 0.0, 0.0, false, Some(2.0)),
         (0.5, 0.0, 0.25, 0.0, true, None),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+        // Rows and columns that run along an edge of the image.
+        (0.0, 3.0, 0.0, 0.0, false, None),
+        (0.0, 0.0, 0.5, 23.0, false, None),
+        (0.0, 0.0, -30.0, 0.0, true, None),
+        (180.0, 0.0, 0.0, 0.0, true, None),
+    ];
+    let mut state = 11u64;
+    let mut next = |lo: f64, hi: f64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        lo + (hi - lo) * ((state >> 11) as f64 / (1u64 << 53) as f64)
+    };
+    for _ in 0..60 {
+        let flip = next(0.0, 1.0) < 0.5;
+        let blur = next(0.0, 1.0) < 0.3;
+        cases.push((
+            next(-20.0, 20.0),
+            next(-6.0, 6.0),
+            next(-4.0, 4.0),
+            next(-4.0, 4.0),
+            flip,
+            blur.then(|| next(0.2, 2.0)),
+        ));
+    }
+    let (mut differing, mut total) = (0usize, 0usize);
+    for (i, (angle, shear, tx, ty, flip, sigma)) in cases.into_iter().enumerate() {
         let params = AugmentParams {
             hflip: flip,
             angle_deg: angle,
@@ -655,6 +680,14 @@ fn fast_paths_equal_the_plain_formulas() {
             .map(|&v| v.round().clamp(0.0, 255.0) as u8)
             .collect();
         let got = apply_params(&img, &params).unwrap();
-        assert_eq!(got.pixels, want, "case {i}");
+        for (g, w) in got.pixels.iter().zip(&want) {
+            assert!(g.abs_diff(*w) <= 1, "case {i}: {g} against {w}");
+            differing += usize::from(g != w);
+        }
+        total += want.len();
     }
+    assert!(
+        differing * 1000 <= total,
+        "{differing} of {total} pixels one level apart"
+    );
 }
