@@ -17,7 +17,7 @@ help:
 	@echo "make fuzz        fuzz the image decode path (nightly + cargo-fuzz; FUZZ_SECONDS=600)"
 	@echo "make model-parity  full-size DenseNet-121 / SE-ResNet against PyTorch (installs torch from PyPI)"
 	@echo "make bench-models  CPU forward: candle, fused, PyTorch side by side (needs torch)"
-	@echo "make cuda-build  build the models with --features cuda (CUDA 13 toolchain from PyPI wheels; no GPU needed)"
+	@echo "make cuda-build  build the models and the trainer service with --features cuda (CUDA 13 toolchain from PyPI wheels; no GPU needed)"
 
 # Everything CI runs. CHEXVISION_REQUIRE_STACK=1 turns a missing server into a
 # failure instead of a skip, so the Kafka and S3 suites really run.
@@ -111,4 +111,5 @@ bench-models:
 # Builds and links; running needs a GPU node.
 cuda-build:
 	eval "$$(scripts/cuda_toolkit.sh)" && \
-	  $(CARGO) build --locked -p chexvision-models --features cuda --examples
+	  $(CARGO) build --locked -p chexvision-models -p chexvision-trainer \
+	    --features chexvision-models/cuda,chexvision-trainer/cuda --examples --bins

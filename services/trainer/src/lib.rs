@@ -38,7 +38,9 @@ mod train;
 pub use loader::{EpochBatches, LoaderConfig, LoaderError, ShardLoader};
 pub use metrics::TrainerMetrics;
 pub use optim::{AdamW, GradAccumulator};
-pub use recipe::{pos_weight_from_counts, smooth_targets, EarlyStopping, LrSchedule, RecipeConfig};
+pub use recipe::{
+    pos_weight_from_counts, smooth_targets, EarlyStopping, LrSchedule, Precision, RecipeConfig,
+};
 pub use run::{
     create_run, mark_failed, model_card, read_run_state, run_prefix, run_training, state_key,
     EpochRecord, RunError, RunHooks, RunProgress, RunRequest, RunState, RunStatus, TrainSettings,

@@ -1,5 +1,6 @@
 //! The recipe's numbers: schedule, targets, class weights, early stopping.
 
+use chexvision_models::candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
 use crate::{Result, TrainError};
@@ -32,6 +33,35 @@ pub struct RecipeConfig {
     /// Epochs without a better validation macro AUC before stopping.
     pub patience: u32,
     pub seed: u64,
+    /// Compute precision of convolutions and linear layers (mixed
+    /// precision; the variables, BatchNorm and the loss stay f32).
+    pub precision: Precision,
+}
+
+/// `auto`: bf16 on a GPU, f32 on the CPU (candle's CPU matmul has no bf16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype to autocast to on `device`; `None`: full precision.
+    pub fn compute_dtype(self, device: &Device) -> Result<Option<DType>> {
+        match (self, device) {
+            (Precision::F32, _) | (Precision::Auto, Device::Cpu) => Ok(None),
+            (Precision::Auto | Precision::Bf16, Device::Cuda(_) | Device::Metal(_)) => {
+                Ok(Some(DType::BF16))
+            }
+            (Precision::Bf16, Device::Cpu) => Err(TrainError::Config(
+                "precision bf16 needs a GPU: candle's CPU matmul has no bf16; use auto or f32"
+                    .into(),
+            )),
+        }
+    }
 }
 
 impl Default for RecipeConfig {
@@ -51,6 +81,7 @@ impl Default for RecipeConfig {
             binary_loss_weight: 0.5,
             patience: 15,
             seed: 42,
+            precision: Precision::Auto,
         }
     }
 }

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use chexvision_models::candle_core::{DType, Device, Tensor};
 use chexvision_models::candle_nn::VarMap;
-use chexvision_models::{dual_head_loss, trainable_vars, varmap_tensors, ChestModel, CpuInference};
+use chexvision_models::{
+    autocast, dual_head_loss, trainable_vars, varmap_tensors, ChestModel, CpuInference,
+};
 
 use crate::optim::{AdamW, GradAccumulator};
 use crate::recipe::{smooth_targets, LrSchedule, RecipeConfig};
@@ -57,6 +59,8 @@ pub struct Trainer {
     finetuning: bool,
     epoch: u32,
     micro_batches_this_epoch: u64,
+    /// Mixed precision: what convolutions and linear layers compute in.
+    compute_dtype: Option<DType>,
 }
 
 impl Trainer {
@@ -82,6 +86,7 @@ impl Trainer {
             .first()
             .map(|v| v.device().clone())
             .unwrap_or(Device::Cpu);
+        let compute_dtype = recipe.precision.compute_dtype(&device)?;
         let vars = trainable_vars(&varmap, model.config(), false);
         Ok(Self {
             schedule: LrSchedule {
@@ -100,6 +105,7 @@ impl Trainer {
             step: 0,
             epoch: 0,
             micro_batches_this_epoch: 0,
+            compute_dtype,
             finetuning: false,
         })
     }
@@ -158,7 +164,9 @@ impl Trainer {
                     .wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
         self.micro_batches_this_epoch += 1;
-        let out = self.model.forward_t(&batch.images, true)?;
+        let out = autocast(self.compute_dtype, || {
+            self.model.forward_t(&batch.images, true)
+        })?;
         let loss = dual_head_loss(
             &out,
             &smooth(&batch.findings)?,
@@ -236,7 +244,9 @@ impl Trainer {
         for batch in batches {
             let out = match &fused {
                 Some(f) => f.forward(&batch.images)?,
-                None => self.model.forward_t(&batch.images, false)?,
+                None => autocast(self.compute_dtype, || {
+                    self.model.forward_t(&batch.images, false)
+                })?,
             };
             let probs = out
                 .probabilities()?

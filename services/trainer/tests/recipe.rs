@@ -273,3 +273,19 @@ fn a_small_densenet_learns_a_visible_signal() {
     assert!(tensors.contains_key("features.norm5.running_var"));
     assert!(optimiser.keys().any(|k| k.starts_with("m.features.conv0")));
 }
+
+#[test]
+fn precision_is_bf16_on_a_gpu_and_f32_on_the_cpu() {
+    use chexvision_models::candle_core::Device;
+    use chexvision_trainer::Precision;
+    assert_eq!(Precision::Auto.compute_dtype(&Device::Cpu).unwrap(), None);
+    assert_eq!(Precision::F32.compute_dtype(&Device::Cpu).unwrap(), None);
+    let err = Precision::Bf16
+        .compute_dtype(&Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bf16 needs a GPU"), "{err}");
+    let parsed: chexvision_trainer::RecipeConfig = serde_yaml::from_str("precision: bf16").unwrap();
+    assert_eq!(parsed.precision, Precision::Bf16);
+    assert!(serde_yaml::from_str::<chexvision_trainer::RecipeConfig>("precision: fp8").is_err());
+}

@@ -11,10 +11,10 @@
 //! ```
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{conv2d, BatchNorm2d, KAIMING_FAN_IN};
+use crate::layers::{conv2d, BatchNorm2d, Conv, KAIMING_FAN_IN};
 use crate::pool::MaxPool2d;
 use crate::{ModelError, Result};
 
@@ -83,9 +83,9 @@ impl DenseNetConfig {
 #[derive(Debug, Clone)]
 struct DenseLayer {
     norm1: BatchNorm2d,
-    conv1: Conv2d,
+    conv1: Conv,
     norm2: BatchNorm2d,
-    conv2: Conv2d,
+    conv2: Conv,
 }
 
 impl DenseLayer {
@@ -110,7 +110,7 @@ impl DenseLayer {
 #[derive(Debug, Clone)]
 struct Transition {
     norm: BatchNorm2d,
-    conv: Conv2d,
+    conv: Conv,
 }
 
 impl Transition {
@@ -140,7 +140,7 @@ impl DenseBlock {
 /// The `features` part of a torchvision DenseNet.
 #[derive(Debug, Clone)]
 pub struct DenseNet {
-    conv0: Conv2d,
+    conv0: Conv,
     norm0: BatchNorm2d,
     pool0: MaxPool2d,
     blocks: Vec<DenseBlock>,

@@ -2,11 +2,81 @@
 //! statistics that train, save and restore, and initialised conv/linear
 //! constructors.
 
-use candle_core::{DType, Tensor, Var, D};
+use std::cell::Cell;
+
+use candle_core::{DType, Module, Tensor, Var, D};
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
-use candle_nn::{Conv2d, Conv2dConfig, Init, Linear, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, Init, VarBuilder};
 
 use crate::Result;
+
+thread_local! {
+    static AUTOCAST: Cell<Option<DType>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with convolutions and linear layers computed in `dtype`
+/// (mixed precision, like `torch.autocast`): their inputs and weights are
+/// cast to `dtype` and their outputs back to the input's type, so the
+/// variables (master weights), BatchNorm, pooling and the loss stay f32,
+/// and gradients reach the f32 variables through the casts. `None` or F32:
+/// full precision. Per thread, restored when `f` returns.
+pub fn autocast<T>(dtype: Option<DType>, f: impl FnOnce() -> T) -> T {
+    let dtype = dtype.filter(|d| *d != DType::F32);
+    let previous = AUTOCAST.with(|a| a.replace(dtype));
+    let result = f();
+    AUTOCAST.with(|a| a.set(previous));
+    result
+}
+
+fn autocast_dtype() -> Option<DType> {
+    AUTOCAST.with(Cell::get)
+}
+
+/// A bias-free convolution that follows [`autocast`].
+#[derive(Debug, Clone)]
+pub struct Conv(Conv2d);
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match autocast_dtype() {
+            Some(dtype) if dtype != x.dtype() => {
+                let cfg = self.0.config();
+                x.to_dtype(dtype)?
+                    .conv2d(
+                        &self.0.weight().to_dtype(dtype)?,
+                        cfg.padding,
+                        cfg.stride,
+                        cfg.dilation,
+                        cfg.groups,
+                    )?
+                    .to_dtype(x.dtype())
+            }
+            _ => self.0.forward(x),
+        }
+    }
+}
+
+/// A linear layer that follows [`autocast`].
+#[derive(Debug, Clone)]
+pub struct Linear(candle_nn::Linear);
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match autocast_dtype() {
+            Some(dtype) if dtype != x.dtype() => {
+                let y = x
+                    .to_dtype(dtype)?
+                    .broadcast_matmul(&self.0.weight().to_dtype(dtype)?.t()?)?;
+                let y = match self.0.bias() {
+                    Some(bias) => y.broadcast_add(&bias.to_dtype(dtype)?)?,
+                    None => y,
+                };
+                y.to_dtype(x.dtype())
+            }
+            _ => self.0.forward(x),
+        }
+    }
+}
 
 /// PyTorch's BatchNorm2d defaults.
 const BN_EPS: f64 = 1e-5;
@@ -137,7 +207,7 @@ pub(crate) fn conv2d(
     padding: usize,
     init: Init,
     vb: VarBuilder,
-) -> Result<Conv2d> {
+) -> Result<Conv> {
     let weight = vb.get_with_hints((cout, cin, kernel, kernel), "weight", init)?;
     let cfg = Conv2dConfig {
         padding,
@@ -146,7 +216,7 @@ pub(crate) fn conv2d(
         groups: 1,
         cudnn_fwd_algo: None,
     };
-    Ok(Conv2d::new(weight, None, cfg))
+    Ok(Conv(Conv2d::new(weight, None, cfg)))
 }
 
 /// Linear layer with PyTorch's default init (uniform ±1/√fan_in for the
@@ -162,7 +232,7 @@ pub(crate) fn linear(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> 
         },
     )?;
     let bias = vb.get_with_hints(cout, "bias", Init::Const(0.0))?;
-    Ok(Linear::new(weight, Some(bias)))
+    Ok(Linear(candle_nn::Linear::new(weight, Some(bias))))
 }
 
 /// Linear layer with PyTorch's default init for both weight and bias.
@@ -184,7 +254,7 @@ pub(crate) fn linear_default(cin: usize, cout: usize, vb: VarBuilder) -> Result<
             up: bound,
         },
     )?;
-    Ok(Linear::new(weight, Some(bias)))
+    Ok(Linear(candle_nn::Linear::new(weight, Some(bias))))
 }
 
 /// Global average pool (N, C, H, W) → (N, C).

@@ -41,7 +41,7 @@ pub use densenet::{DenseNet, DenseNetConfig};
 pub use error::{ModelError, Result};
 pub use gradcam::{grad_cam, overlay_png, GradCam};
 pub use init::reinit_seeded;
-pub use layers::BatchNorm2d;
+pub use layers::{autocast, BatchNorm2d};
 pub use loss::{bce_with_logits, dual_head_loss};
 pub use model::{is_buffer, parameter_count, trainable_vars, ChestModel, DualLogits, ModelConfig};
 pub use pool::MaxPool2d;

@@ -4,11 +4,11 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Module, Tensor, Var};
-use candle_nn::{Linear, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use crate::densenet::{DenseNet, DenseNetConfig};
-use crate::layers::{check_input, global_avg_pool, linear};
+use crate::layers::{check_input, global_avg_pool, linear, Linear};
 use crate::se_resnet::{SeResNet, SeResNetConfig};
 use crate::{ModelError, Result};
 

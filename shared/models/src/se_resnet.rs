@@ -11,10 +11,12 @@
 //! ```
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{conv2d, global_avg_pool, linear_default, BatchNorm2d, KAIMING_FAN_OUT};
+use crate::layers::{
+    conv2d, global_avg_pool, linear_default, BatchNorm2d, Conv, Linear, KAIMING_FAN_OUT,
+};
 use crate::pool::MaxPool2d;
 use crate::{ModelError, Result};
 
@@ -93,12 +95,12 @@ impl SqueezeExcitation {
 
 #[derive(Debug, Clone)]
 struct BasicBlock {
-    conv1: Conv2d,
+    conv1: Conv,
     bn1: BatchNorm2d,
-    conv2: Conv2d,
+    conv2: Conv,
     bn2: BatchNorm2d,
     se: SqueezeExcitation,
-    downsample: Option<(Conv2d, BatchNorm2d)>,
+    downsample: Option<(Conv, BatchNorm2d)>,
 }
 
 impl BasicBlock {
@@ -154,7 +156,7 @@ impl BasicBlock {
 /// The SE-ResNet trunk up to the last feature map.
 #[derive(Debug, Clone)]
 pub struct SeResNet {
-    conv1: Conv2d,
+    conv1: Conv,
     bn1: BatchNorm2d,
     pool: MaxPool2d,
     stages: Vec<Vec<BasicBlock>>,

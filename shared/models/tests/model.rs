@@ -663,3 +663,53 @@ fn seeded_init_is_reproducible_and_follows_the_rules() {
         );
     }
 }
+
+#[test]
+fn autocast_computes_convs_in_half_precision_and_trains_the_f32_variables() {
+    use chexvision_models::autocast;
+    use chexvision_models::candle_core::DType;
+    // F16 here: candle's CPU matmul has no bf16 (the GPU runs bf16); the
+    // casts and the gradient path are the same for both.
+    for config in [small_densenet(), small_se_resnet(0.0)] {
+        let (model, varmap) = ChestModel::init_seeded(&config, 14, &Device::Cpu, 5).unwrap();
+        let x = batch(2, 48, 3);
+        let full = model.forward_t(&x, false).unwrap();
+        let half = autocast(Some(DType::F16), || model.forward_t(&x, false)).unwrap();
+        assert_eq!(
+            half.findings.dtype(),
+            DType::F32,
+            "outputs come back in f32"
+        );
+        let scale = full
+            .findings
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let error = max_abs_diff(&full.findings, &half.findings);
+        // bf16 keeps 8 bits of mantissa: about 0.4 % per rounding.
+        assert!(error > 0.0, "autocast changed nothing");
+        assert!(
+            error < 0.05 * scale.max(1.0),
+            "bf16 off by {error} (scale {scale})"
+        );
+        // Restored afterwards.
+        let again = model.forward_t(&x, false).unwrap();
+        assert_eq!(max_abs_diff(&full.findings, &again.findings), 0.0);
+        // Train mode: every trainable f32 variable gets a gradient.
+        let out = autocast(Some(DType::F16), || model.forward_t(&x, true)).unwrap();
+        let loss = (out.findings.sqr().unwrap().mean_all().unwrap()
+            + out.abnormal.sqr().unwrap().mean_all().unwrap())
+        .unwrap();
+        let grads = loss.backward().unwrap();
+        for (name, var) in chexvision_models::trainable_vars(&varmap, &config, false) {
+            assert_eq!(var.dtype(), DType::F32, "{name}");
+            let grad = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            assert_eq!(grad.dtype(), DType::F32, "{name}");
+        }
+    }
+}
