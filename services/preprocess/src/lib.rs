@@ -126,40 +126,72 @@ fn prepare_rows(
     rows: Vec<ShardRow>,
     settings: &PreprocessSettings,
 ) -> (Vec<ShardRow>, Vec<RejectedImage>) {
+    let format = match settings.ready_format {
+        ReadyFormat::Raw => ImageFormat::Gray8,
+        ReadyFormat::Png => ImageFormat::Png,
+    };
+    prepare_rows_with(rows, format, |row| {
+        prepare_image(&row.image, settings).map_err(|e| format!("undecodable: {e}"))
+    })
+}
+
+/// [`prepare_rows`] with the per-image step given. A panic in it (a
+/// decoder bug) rejects that image, named, and keeps the others.
+fn prepare_rows_with(
+    rows: Vec<ShardRow>,
+    format: ImageFormat,
+    prepare: impl Fn(&ShardRow) -> Result<Vec<u8>, String> + Sync,
+) -> (Vec<ShardRow>, Vec<RejectedImage>) {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = rows.len().div_ceil(threads).max(1);
+    let prepare = &prepare;
+    let one = |row: &ShardRow| -> Result<ShardRow, RejectedImage> {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| prepare(row)))
+            .unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(format!("the decoder panicked: {message}"))
+            });
+        match result {
+            Ok(bytes) => Ok(ShardRow {
+                image_format: format,
+                image: Bytes::from(bytes),
+                ..row.clone()
+            }),
+            Err(reason) => Err(RejectedImage {
+                image: row.filename.clone(),
+                reason,
+            }),
+        }
+    };
+    let one = &one;
     let results: Vec<Result<ShardRow, RejectedImage>> = std::thread::scope(|scope| {
         let handles: Vec<_> = rows
             .chunks(chunk)
             .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|row| match prepare_image(&row.image, settings) {
-                            Ok(bytes) => Ok(ShardRow {
-                                image_format: match settings.ready_format {
-                                    ReadyFormat::Raw => ImageFormat::Gray8,
-                                    ReadyFormat::Png => ImageFormat::Png,
-                                },
-                                image: Bytes::from(bytes),
-                                ..row.clone()
-                            }),
-                            Err(e) => Err(RejectedImage {
-                                image: row.filename.clone(),
-                                reason: format!("undecodable: {e}"),
-                            }),
-                        })
-                        .collect::<Vec<_>>()
-                })
+                (
+                    part,
+                    scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()),
+                )
             })
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    vec![Err(RejectedImage {
-                        image: "?".into(),
-                        reason: "worker panicked".into(),
-                    })]
+            .flat_map(|(part, handle)| {
+                // Only a panic outside the per-image guard gets here: name
+                // every image of the chunk rather than lose them silently.
+                handle.join().unwrap_or_else(|_| {
+                    part.iter()
+                        .map(|row| {
+                            Err(RejectedImage {
+                                image: row.filename.clone(),
+                                reason: "worker thread failed".into(),
+                            })
+                        })
+                        .collect()
                 })
             })
             .collect()
@@ -467,4 +499,53 @@ impl Preprocess {
 #[derive(Debug, Serialize, Deserialize)]
 struct ObjectRefRecord {
     manifest_sha256: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chexvision_dataset::LabelSet;
+
+    fn row(name: &str) -> ShardRow {
+        ShardRow {
+            filename: name.into(),
+            patient_id: "1".into(),
+            follow_up: 0,
+            labels: LabelSet::from_bits(0),
+            split: Split::Train,
+            view_position: "PA".into(),
+            age: None,
+            sex: "M".into(),
+            original_width: 1,
+            original_height: 1,
+            image_format: ImageFormat::Png,
+            image: Bytes::from_static(b"x"),
+        }
+    }
+
+    #[test]
+    fn a_panicking_decoder_rejects_that_image_by_name_and_keeps_the_rest() {
+        let rows: Vec<ShardRow> = (0..9).map(|i| row(&format!("{i}.png"))).collect();
+        let (ready, rejected) = prepare_rows_with(rows, ImageFormat::Gray8, |row| {
+            match row.filename.as_str() {
+                "4.png" => panic!("bug in a decoder"),
+                "7.png" => Err("undecodable: truncated".into()),
+                _ => Ok(vec![1, 2, 3]),
+            }
+        });
+        let names: Vec<&str> = ready.iter().map(|r| r.filename.as_str()).collect();
+        assert_eq!(
+            names,
+            ["0.png", "1.png", "2.png", "3.png", "5.png", "6.png", "8.png"]
+        );
+        assert!(ready.iter().all(|r| r.image_format == ImageFormat::Gray8));
+        assert_eq!(rejected.len(), 2);
+        assert_eq!(rejected[0].image, "4.png");
+        assert!(
+            rejected[0].reason.contains("panicked: bug in a decoder"),
+            "{}",
+            rejected[0].reason
+        );
+        assert_eq!(rejected[1].image, "7.png");
+    }
 }
