@@ -7,7 +7,7 @@ use bytes::Bytes;
 use chexvision_bus::TopicSpec;
 use chexvision_config::PlatformConfig;
 use chexvision_ingest::{Ingest, IngestSettings, Progress, Source};
-use chexvision_synth::{Generator, SynthConfig};
+use chexvision_synth::{Generator, SynthConfig, SynthOptions};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -25,6 +25,19 @@ pub struct SynthArgs {
     /// Output: a folder, or s3://bucket/prefix (written in the NIH layout).
     #[arg(long)]
     pub out: String,
+    /// Draw every finding in at least this share of the images (0 to 0.1;
+    /// 0: the real NIH frequencies) by reweighting the real label sets; for
+    /// small sets, where rare findings would have no validation positives.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_finding_share: f64,
+    /// Draw the findings thinner than a pixel or two at this training size
+    /// (nodules, plate atelectasis, fibrosis, pleural thickening) larger, so
+    /// they survive the downscale (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub visible_at: u32,
+    /// No progress bar (for logs).
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -73,9 +86,14 @@ pub async fn synth(
         size_px: args.size,
         seed: args.seed,
     };
-    let generator = Generator::new(synth_config).context("synthetic generator")?;
+    let options = SynthOptions {
+        min_finding_share: args.min_finding_share,
+        visible_at_px: args.visible_at,
+    };
+    let generator =
+        Generator::with_options(synth_config, options).context("synthetic generator")?;
     let started = Instant::now();
-    let progress = bar(args.rows as u64, false, "synth");
+    let progress = bar(args.rows as u64, args.quiet, "synth");
     if args.out.starts_with("s3://") {
         // Written to a local folder first, then uploaded file by file.
         let staging = tempfile::tempdir().context("temporary folder")?;
@@ -87,9 +105,19 @@ pub async fn synth(
         write_folder(&generator, Path::new(folder), progress.clone()).await?;
     }
     progress.finish_and_clear();
+    let mut extras = String::new();
+    if args.min_finding_share > 0.0 {
+        extras.push_str(&format!(
+            ", every finding in >= {:.1} % of images",
+            100.0 * args.min_finding_share
+        ));
+    }
+    if args.visible_at > 0 {
+        extras.push_str(&format!(", findings visible at {} px", args.visible_at));
+    }
     writeln!(
         out,
-        "wrote {} synthetic images ({} px, seed {}) in the NIH layout to {} in {:.1} s",
+        "wrote {} synthetic images ({} px, seed {}{extras}) in the NIH layout to {} in {:.1} s",
         args.rows,
         args.size,
         args.seed,

@@ -38,9 +38,9 @@ fn pair(index: usize, label: usize) -> Pair {
 fn pair_at(index: usize, label: usize, n: usize) -> Pair {
     let mut record = generator().record(index);
     record.labels = LabelSet::default();
-    let (without, base) = render_scene(SEED, n as u32, &record);
+    let (without, base) = render_scene(SEED, n as u32, &record, 0.0);
     record.labels = LabelSet::from_bits(1 << label);
-    let (with, scene) = render_scene(SEED, n as u32, &record);
+    let (with, scene) = render_scene(SEED, n as u32, &record, 0.0);
     Pair {
         without,
         with,
@@ -225,9 +225,9 @@ fn a_label_changes_nothing_but_its_finding() {
     for index in INDICES {
         let mut record = generator().record(index);
         record.labels = LabelSet::parse("Effusion").unwrap();
-        let (before, _) = render_scene(SEED, N as u32, &record);
+        let (before, _) = render_scene(SEED, N as u32, &record, 0.0);
         record.labels = LabelSet::parse("Effusion|Nodule").unwrap();
-        let (after, scene) = render_scene(SEED, N as u32, &record);
+        let (after, scene) = render_scene(SEED, N as u32, &record, 0.0);
         let nodules = marks(&scene, pathology::NODULE);
         assert!(!nodules.is_empty());
         let centres: Vec<(f32, f32, f32)> = nodules
@@ -553,9 +553,9 @@ fn ap_films_magnify_the_heart_and_lower_the_contrast() {
         let mut record = generator().record(index);
         record.labels = LabelSet::default();
         record.view = View::Pa;
-        let (pa, pa_scene) = render_scene(SEED, N as u32, &record);
+        let (pa, pa_scene) = render_scene(SEED, N as u32, &record, 0.0);
         record.view = View::Ap;
-        let (ap, ap_scene) = render_scene(SEED, N as u32, &record);
+        let (ap, ap_scene) = render_scene(SEED, N as u32, &record, 0.0);
         let ratio = ap_scene.anatomy.heart.half_width() / pa_scene.anatomy.heart.half_width();
         assert!(
             (ratio - 1.1).abs() < 1e-3,
@@ -581,4 +581,89 @@ fn ap_films_magnify_the_heart_and_lower_the_contrast() {
             "record {index}: contrast PA {c_pa:.1} AP {c_ap:.1}"
         );
     }
+}
+
+/// `factor`-fold box downscale (what a training resize does to a thin
+/// feature, roughly).
+fn downscale(image: &GrayImage, factor: usize) -> Vec<f32> {
+    let n = image.width as usize;
+    let m = n / factor;
+    let mut out = vec![0.0; m * m];
+    for y in 0..m * factor {
+        for x in 0..m * factor {
+            out[(y / factor) * m + x / factor] += f32::from(image.pixels[y * n + x]);
+        }
+    }
+    let area = (factor * factor) as f32;
+    out.iter_mut().for_each(|p| *p /= area);
+    out
+}
+
+/// After a 4× downscale, the pixels within 3 of each drawn nodule's centre
+/// brightened by 20 grey levels or more; the smallest count of the image.
+fn weakest_nodule_after_downscale(index: usize, min_feature: f32) -> usize {
+    let mut record = generator().record(index);
+    record.labels = LabelSet::default();
+    let (without, _) = render_scene(SEED, N as u32, &record, min_feature);
+    record.labels = LabelSet::from_bits(1 << pathology::NODULE);
+    let (with, scene) = render_scene(SEED, N as u32, &record, min_feature);
+    let (small_with, small_without) = (downscale(&with, 4), downscale(&without, 4));
+    let m = N / 4;
+    marks(&scene, pathology::NODULE)
+        .iter()
+        .map(|mark| {
+            let (x, y) = scene.acquisition.to_image(mark.center.0, mark.center.1, m);
+            let (x, y) = (x.floor() as i64, y.floor() as i64);
+            let mut count = 0;
+            for yy in y - 3..=y + 3 {
+                for xx in x - 3..=x + 3 {
+                    if (0..m as i64).contains(&xx) && (0..m as i64).contains(&yy) {
+                        let i = yy as usize * m + xx as usize;
+                        count += usize::from(small_with[i] - small_without[i] >= 20.0);
+                    }
+                }
+            }
+            count
+        })
+        .min()
+        .unwrap_or(0)
+}
+
+#[test]
+fn visible_at_makes_nodules_survive_a_downscale() {
+    // 256 px drawn, seen at 64 px: a realistic nodule (1.6-2.8 % of the
+    // width) is ~1-2 px there, about the size of a crossing of lung
+    // markings; drawn for `visible_at_px` 64 it is 3 px across or more,
+    // and under 3 cm.
+    let min_feature = 1.0 / 64.0;
+    let (mut plain, mut visible) = (Vec::new(), Vec::new());
+    for index in INDICES {
+        let (p, v) = (
+            weakest_nodule_after_downscale(index, 0.0),
+            weakest_nodule_after_downscale(index, min_feature),
+        );
+        eprintln!(
+            "record {index}: weakest nodule at 64 px {p} px brighter by 20+, visible_at 64: {v} px"
+        );
+        plain.push(p);
+        visible.push(v);
+        let mut record = generator().record(index);
+        record.labels = LabelSet::from_bits(1 << pathology::NODULE);
+        let (_, scene) = render_scene(SEED, N as u32, &record, min_feature);
+        for m in marks(&scene, pathology::NODULE) {
+            assert!(
+                (1.5 * min_feature..=0.0375).contains(&m.radius),
+                "record {index}: nodule radius {}",
+                m.radius
+            );
+        }
+    }
+    eprintln!("plain {plain:?}, visible_at 64 {visible:?}");
+    // A 3 px disc covers about 7 pixels.
+    assert!(visible.iter().all(|&v| v >= 5), "{visible:?}");
+    let (p, v) = (
+        plain.iter().sum::<usize>() as f32,
+        visible.iter().sum::<usize>() as f32,
+    );
+    assert!(v >= 3.0 * p, "weakest nodules: {p} px in all -> {v} px");
 }

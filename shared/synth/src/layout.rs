@@ -151,10 +151,21 @@ fn metadata_csv(generator: &Generator) -> String {
     csv
 }
 
+/// The marker: generator, format, configuration, and the options when they
+/// are not the defaults (so a default set's marker is unchanged and sets
+/// made with other options are told apart on resume).
 fn marker_json(generator: &Generator) -> String {
     let c = generator.config();
+    let o = generator.options();
+    let mut options = String::new();
+    if o.min_finding_share > 0.0 {
+        let _ = write!(options, ",\"min_finding_share\":{}", o.min_finding_share);
+    }
+    if o.visible_at_px > 0 {
+        let _ = write!(options, ",\"visible_at_px\":{}", o.visible_at_px);
+    }
     format!(
-        "{{\"generator\":\"chexvision-synth\",\"format_version\":{FORMAT_VERSION},\"seed\":{},\"rows\":{},\"size_px\":{}}}\n",
+        "{{\"generator\":\"chexvision-synth\",\"format_version\":{FORMAT_VERSION},\"seed\":{},\"rows\":{},\"size_px\":{}{options}}}\n",
         c.seed, c.rows, c.size_px
     )
 }

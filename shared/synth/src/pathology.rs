@@ -43,13 +43,27 @@ pub(crate) struct Mark {
 pub(crate) struct Finding {
     pub label: usize,
     rng: ChaCha8Rng,
+    /// Smallest size of the thin features, as a fraction of the width (0: off).
+    min_feature: f32,
     /// Which lung (0 = image left, 1 = image right) and whether both.
     side: usize,
     both: bool,
 }
 
-/// One finding per label in the set, in label order.
-pub(crate) fn plan(seed: u64, index: usize, labels: LabelSet) -> Vec<Finding> {
+/// Largest nodule radius `min_feature` may ask for: a 3 cm nodule on the
+/// 40 cm film (larger is a mass).
+const NODULE_MAX_RADIUS: f32 = 0.0375;
+
+/// A size drawn for a realistic image, enlarged for `min_feature`: the draw
+/// is scaled by `max(1, min / smallest)`, so the whole range moves up
+/// together and keeps its spread, and the random streams are untouched.
+fn at_least(drawn: f32, smallest: f32, min: f32) -> f32 {
+    drawn * (min / smallest).max(1.0)
+}
+
+/// One finding per label in the set, in label order. `min_feature` (a
+/// fraction of the width, 0: off) enlarges the features thinner than that.
+pub(crate) fn plan(seed: u64, index: usize, labels: LabelSet, min_feature: f32) -> Vec<Finding> {
     (0..14)
         .filter(|&k| labels.contains(k))
         .map(|label| {
@@ -64,6 +78,7 @@ pub(crate) fn plan(seed: u64, index: usize, labels: LabelSet) -> Vec<Finding> {
             Finding {
                 label,
                 rng,
+                min_feature,
                 side,
                 both,
             }
@@ -130,6 +145,7 @@ impl Finding {
         let label = self.label;
         let sides = self.sides();
         let side = self.side;
+        let min_feature = self.min_feature;
         let rng = &mut self.rng;
         let mut mark = |side: usize, center: (f32, f32), radius: f32| {
             marks.push(Mark {
@@ -144,7 +160,8 @@ impl Finding {
                 let (u, v) = a.sample_lung_point(rng, side, (0.72, 0.86), (0.35, 0.6));
                 let width = a.w[side] * rng.uni(0.22, 0.32);
                 let tilt = rng.uni(-0.12, 0.12);
-                let half = rng.uni(0.004, 0.007);
+                // Half thickness: a plate at least 1.5 × `min_feature` thick.
+                let half = at_least(rng.uni(0.004, 0.007), 0.004, 0.75 * min_feature);
                 c.tube_opacity(
                     (u - width, v - tilt * width),
                     (u + width, v + tilt * width),
@@ -236,7 +253,10 @@ impl Finding {
                     } else {
                         usize::from(rng.chance(0.5))
                     };
-                    let radius = rng.uni(0.008, 0.014);
+                    // Radius of at least 1.5 × `min_feature` (3 px across
+                    // at that size), under a 3 cm nodule.
+                    let radius = at_least(rng.uni(0.008, 0.014), 0.008, 1.5 * min_feature)
+                        .min(NODULE_MAX_RADIUS);
                     let center = a.sample_lung_point(rng, s, (0.15, 0.85), (0.2, 0.85));
                     c.disc_opacity(center, radius, radius * 0.25, rng.uni(0.85, 0.97));
                     mark(s, center, radius);
@@ -393,7 +413,7 @@ impl Finding {
             }
             FIBROSIS => {
                 for s in SIDES {
-                    fibrosis(a, c, rng, s);
+                    fibrosis(a, c, rng, s, min_feature);
                     mark(s, (a.cx + sign(s) * a.w[s] * 0.8, a.dome_y[s] - 0.1), 0.1);
                 }
             }
@@ -403,7 +423,7 @@ impl Finding {
                 } else {
                     vec![side]
                 } {
-                    pleural_thickening(a, c, rng, s);
+                    pleural_thickening(a, c, rng, s, min_feature);
                     mark(s, (a.cx + sign(s) * a.w[s], 0.4), 0.02);
                 }
             }
@@ -461,9 +481,12 @@ fn effusion(a: &Anatomy, c: &mut Canvas, rng: &mut ChaCha8Rng, side: usize) {
     });
 }
 
-/// A net of thin lines over the lower and outer part of one lung.
-fn fibrosis(a: &Anatomy, c: &mut Canvas, rng: &mut ChaCha8Rng, side: usize) {
-    let cell = 0.022;
+/// A net of thin lines over the lower and outer part of one lung. With
+/// `min_feature`, lines at least that wide and meshes at least 2.5 times
+/// that (a coarser net, still a net once downscaled).
+fn fibrosis(a: &Anatomy, c: &mut Canvas, rng: &mut ChaCha8Rng, side: usize, min_feature: f32) {
+    let cell = at_least(0.022, 0.022, 2.5 * min_feature);
+    let half_width = at_least(0.0016, 0.0016, 0.5 * min_feature);
     let s = sign(side);
     let (v0, v1) = (
         a.apex_y[side] + 0.4 * (a.cp_y[side] - a.apex_y[side]),
@@ -499,7 +522,7 @@ fn fibrosis(a: &Anatomy, c: &mut Canvas, rng: &mut ChaCha8Rng, side: usize) {
                 let keep = rng.random::<f32>();
                 let wgt = weight(p);
                 if keep < wgt {
-                    c.tube_opacity(p, q, 0.0016, 0.55 * (0.5 + 0.5 * wgt));
+                    c.tube_opacity(p, q, half_width, 0.55 * (0.5 + 0.5 * wgt));
                 }
             }
         }
@@ -507,10 +530,16 @@ fn fibrosis(a: &Anatomy, c: &mut Canvas, rng: &mut ChaCha8Rng, side: usize) {
 }
 
 /// A band of tissue along the lateral chest wall, thickness undulating,
-/// sometimes with an apical cap.
-fn pleural_thickening(a: &Anatomy, c: &mut Canvas, rng: &mut ChaCha8Rng, side: usize) {
+/// sometimes with an apical cap. With `min_feature`, at least twice that thick.
+fn pleural_thickening(
+    a: &Anatomy,
+    c: &mut Canvas,
+    rng: &mut ChaCha8Rng,
+    side: usize,
+    min_feature: f32,
+) {
     let s = sign(side);
-    let thick = rng.uni(0.015, 0.028);
+    let thick = at_least(rng.uni(0.015, 0.028), 0.015, 2.0 * min_feature);
     let (from, to) = if rng.chance(0.5) {
         (0.1, 0.6)
     } else {
@@ -521,7 +550,9 @@ fn pleural_thickening(a: &Anatomy, c: &mut Canvas, rng: &mut ChaCha8Rng, side: u
         a.apex_y[side] + to * (a.cp_y[side] - a.apex_y[side]),
     );
     let phase = [rng.uni(0.0, 6.3), rng.uni(0.0, 6.3)];
-    let cap = rng.chance(0.5).then(|| rng.uni(0.012, 0.02));
+    let cap = rng
+        .chance(0.5)
+        .then(|| at_least(rng.uni(0.012, 0.02), 0.012, 1.5 * min_feature));
     let w = a.w[side];
     let (u0, u1) = (a.cx, a.cx + s * (w + 0.02));
     let bbox = (u0.min(u1), a.apex_y[side], u0.max(u1), v1 + 0.02);

@@ -27,14 +27,17 @@ pub(crate) struct Scene {
     pub marks: Vec<Mark>,
 }
 
+/// `min_feature`: smallest size of the thin findings as a fraction of the
+/// width (`SynthOptions::min_feature`; 0: their realistic sizes).
 pub(crate) fn render_scene(
     seed: u64,
     size_px: u32,
     record: &SyntheticRecord,
+    min_feature: f32,
 ) -> (GrayImage, Scene) {
     let n = size_px as usize;
     let (mut anatomy, acquisition) = anatomy::draw(seed, record);
-    let mut findings = pathology::plan(seed, record.index, record.labels);
+    let mut findings = pathology::plan(seed, record.index, record.labels, min_feature);
     for finding in &mut findings {
         finding.modify(&mut anatomy);
     }
