@@ -193,6 +193,14 @@ async fn training_by_hand_and_by_request_survives_sigkill_and_gives_the_same_mod
             "e2e".to_string(),
         ),
         (
+            "CHEXVISION_SERVICE__DENSENET_CONFIG".to_string(),
+            "e2e".to_string(),
+        ),
+        (
+            "CHEXVISION_SERVICE__SE_RESNET_CONFIG".to_string(),
+            "e2e".to_string(),
+        ),
+        (
             "CHEXVISION_SERVICE__GROUP".to_string(),
             format!("e2e-trainer-{unique}"),
         ),

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use chexvision_service::{Service, ServiceArgs};
 use chexvision_trainer::{
     parse_device,
-    service::{pending_runs, TrainerHandler, TrainerWorker, PRODUCER},
+    service::{load_run_settings, pending_runs, TrainerHandler, TrainerWorker, PRODUCER},
     TrainerMetrics, TrainerServiceSettings,
 };
 use clap::Parser;
@@ -37,6 +37,27 @@ async fn main() -> Result<()> {
         .and_then(|d| d.open())
         .map_err(anyhow::Error::msg)
         .context("service.device")?;
+    // The configs this service falls back on must load: a typo there is the
+    // operator's, not a request's, so it stops the start instead of
+    // dead-lettering every request that needs it.
+    let mut fallbacks = vec![
+        &settings.default_config,
+        &settings.densenet_config,
+        &settings.se_resnet_config,
+    ];
+    if settings.train_on_dataset_ready {
+        fallbacks.push(&settings.dataset_ready_config);
+    }
+    for name in fallbacks {
+        load_run_settings(
+            std::path::Path::new(&settings.configs_dir),
+            name,
+            &Default::default(),
+            "service settings",
+        )
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("training config `{name}` in {}", settings.configs_dir))?;
+    }
     let mut listen = vec![topics.training_requests.as_str()];
     if settings.train_on_dataset_ready {
         listen.push(&topics.datasets);
