@@ -116,6 +116,6 @@ tiny-auc:
 # toolchain from PyPI wheels and a stub driver (scripts/cuda_toolkit.sh).
 # Builds and links; running needs a GPU node.
 cuda-build:
-	eval "$$(scripts/cuda_toolkit.sh)" && \
+	env_lines="$$(scripts/cuda_toolkit.sh)" && eval "$$env_lines" && \
 	  $(CARGO) build --locked -p chexvision-models -p chexvision-trainer \
 	    --features chexvision-models/cuda,chexvision-trainer/cuda --examples --bins

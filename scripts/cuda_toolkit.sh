@@ -34,9 +34,19 @@ done
 # returning CUDA_ERROR_STUB_LIBRARY (34). Enough to link; never loaded on a
 # GPU node, where the real libcuda.so.1 comes first.
 if [[ ! -e $TK/lib64/stubs/libcuda.so ]]; then
-  bindings=$(find "$HOME/.cargo/registry/src" -path '*cudarc-*/src/driver/sys/mod.rs' 2>/dev/null | head -5)
+  find_bindings() {
+    find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -path '*cudarc-*/src/driver/sys/mod.rs' 2>/dev/null | head -5
+  }
+  bindings=$(find_bindings)
   if [[ -z $bindings ]]; then
-    log "cudarc sources not fetched yet: run 'cargo fetch' first"; exit 1
+    # A CPU-only build never downloads cudarc; fetch the lock file's crates.
+    log "fetching the crates of Cargo.lock (cudarc's driver bindings are needed for the stub)"
+    host=$(rustc -vV | sed -n 's/^host: //p')
+    (cd "$(dirname "$0")/.." && cargo fetch --locked --target "$host" >&2)
+    bindings=$(find_bindings)
+  fi
+  if [[ -z $bindings ]]; then
+    log "cudarc's sources are missing after 'cargo fetch'"; exit 1
   fi
   mkdir -p "$TK/lib64/stubs"
   grep -ho 'fn cu[A-Za-z0-9_]*' $bindings | awk '{print $2}' | sort -u \
