@@ -32,7 +32,9 @@ fn autocast_dtype() -> Option<DType> {
     AUTOCAST.with(Cell::get)
 }
 
-/// A bias-free convolution that follows [`autocast`].
+/// A bias-free convolution that follows [`autocast`]. In f32 on the CPU
+/// it runs as im2col + gemm with its own backward (`conv.rs`);
+/// otherwise through candle's `conv2d`.
 #[derive(Debug, Clone)]
 pub struct Conv(Conv2d);
 
@@ -51,7 +53,15 @@ impl Module for Conv {
                     )?
                     .to_dtype(x.dtype())
             }
-            _ => self.0.forward(x),
+            _ => {
+                let cfg = self.0.config();
+                let weight = self.0.weight();
+                if crate::conv::fast_path_applies(x, weight, cfg.groups, cfg.dilation) {
+                    crate::conv::conv2d(x, weight, cfg.stride, cfg.padding)
+                } else {
+                    self.0.forward(x)
+                }
+            }
         }
     }
 }

@@ -21,6 +21,7 @@
 //! `scripts/make_model_fixtures.py` (tests/parity.rs).
 
 mod checkpoint;
+mod conv;
 mod cpu;
 mod densenet;
 mod error;

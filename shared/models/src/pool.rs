@@ -116,18 +116,20 @@ impl MaxPool2d {
     }
 }
 
-fn contiguous_f32<'a>(
+/// The f32 data of a contiguous CPU tensor; `what` names the caller in
+/// errors.
+pub(crate) fn contiguous_f32<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
     what: &str,
 ) -> candle_core::Result<&'a [f32]> {
     let data = match storage {
         CpuStorage::F32(d) => d,
-        _ => candle_core::bail!("max pool {what}: only f32 is implemented on CPU"),
+        _ => candle_core::bail!("{what}: only f32 is implemented on CPU"),
     };
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("max pool {what}: input must be contiguous"),
+        None => candle_core::bail!("{what}: input must be contiguous"),
     }
 }
 
@@ -143,7 +145,7 @@ impl CustomOp1 for MaxPool2d {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = layout.shape().dims4()?;
         let (ho, wo) = (self.out_len(h)?, self.out_len(w)?);
-        let input = contiguous_f32(storage, layout, "forward")?;
+        let input = contiguous_f32(storage, layout, "max pool forward")?;
         let mut out = vec![0f32; n * c * ho * wo];
         out.par_chunks_mut(ho * wo)
             .zip(input.par_chunks(h * w))
@@ -197,8 +199,8 @@ impl CustomOp2 for MaxPool2dGrad {
                 grad_layout.shape()
             );
         }
-        let input = contiguous_f32(arg, arg_layout, "backward")?;
-        let grad = contiguous_f32(grad, grad_layout, "backward")?;
+        let input = contiguous_f32(arg, arg_layout, "max pool backward")?;
+        let grad = contiguous_f32(grad, grad_layout, "max pool backward")?;
         let mut out = vec![0f32; n * c * h * w];
         out.par_chunks_mut(h * w)
             .zip(input.par_chunks(h * w).zip(grad.par_chunks(ho * wo)))
