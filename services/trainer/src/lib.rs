@@ -26,6 +26,7 @@
 //!   become durable runs, trained one at a time, announced as
 //!   `CheckpointCreated`; [`TrainerMetrics`] for Prometheus.
 
+mod alloc;
 mod loader;
 mod metrics;
 mod optim;

@@ -74,6 +74,7 @@ impl Trainer {
         total_steps: u64,
     ) -> Result<Self> {
         recipe.validate()?;
+        crate::alloc::keep_freed_memory();
         if pos_weight.len() != model.num_findings() {
             return Err(TrainError::Config(format!(
                 "pos_weight has {} entries, the model {} findings",
