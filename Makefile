@@ -17,7 +17,7 @@ help:
 	@echo "make fuzz        fuzz the image decode path (nightly + cargo-fuzz; FUZZ_SECONDS=600)"
 	@echo "make model-parity  full-size DenseNet-121 / SE-ResNet against PyTorch (installs torch from PyPI)"
 	@echo "make bench-models  CPU forward: candle, fused, PyTorch side by side (needs torch)"
-	@echo "make tiny-auc    train configs/tiny.yaml on 2,000 synthetic images; fails under validation macro AUC 0.90 (~4 min)"
+	@echo "make tiny-auc    train configs/tiny.yaml on 2,000 synthetic images; fails under validation macro AUC 0.90 (~2 min)"
 	@echo "make cuda-build  build the models and the trainer service with --features cuda (CUDA 13 toolchain from PyPI wheels; no GPU needed)"
 
 # Everything CI runs. CHEXVISION_REQUIRE_STACK=1 turns a missing server into a
@@ -108,7 +108,7 @@ bench-models:
 	scripts/bench_models.sh $(or $(REPS),5)
 
 # The tiny recipe must learn the synthetic findings: 2,000 images, ingest,
-# preprocess, train (release build, about 3.5 minutes on 2 cores).
+# preprocess, train (release build, about 2 minutes on 2 cores).
 tiny-auc:
 	TINY_QUIET=1 scripts/tiny_auc.sh
 
