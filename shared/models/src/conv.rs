@@ -37,7 +37,7 @@ const TILE_PIXELS: usize = 2048;
 
 /// The shape of one convolution call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Geometry {
+pub(crate) struct Geometry {
     n: usize,
     cin: usize,
     h: usize,
@@ -85,6 +85,30 @@ impl Geometry {
         })
     }
 
+    /// One image's convolution (the fused inference path's).
+    pub(crate) fn single_image(
+        cin: usize,
+        h: usize,
+        w: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Geometry {
+        Geometry {
+            n: 1,
+            cin,
+            h,
+            w,
+            cout,
+            k,
+            stride,
+            pad,
+            ho: (h + 2 * pad).saturating_sub(k) / stride + 1,
+            wo: (w + 2 * pad).saturating_sub(k) / stride + 1,
+        }
+    }
+
     /// Rows of the im2col matrix (and columns of the weight matrix).
     fn kk(&self) -> usize {
         self.cin * self.k * self.k
@@ -125,7 +149,7 @@ impl Geometry {
     /// Output rows `rows` as im2col columns:
     /// `col[(ci·k + ky)·k + kx, (oy − r0)·wo + ox] = x[ci, oy·s − p + ky, ox·s − p + kx]`,
     /// zero outside the image. `col` must be `kk × rows.len()·wo`.
-    fn im2col(&self, x: &[f32], rows: Range<usize>, col: &mut [f32]) {
+    pub(crate) fn im2col(&self, x: &[f32], rows: Range<usize>, col: &mut [f32]) {
         let (k, s, p) = (self.k, self.stride, self.pad);
         let (h, w, wo) = (self.h, self.w, self.wo);
         let cols = rows.len() * wo;
@@ -229,7 +253,7 @@ thread_local! {
 }
 
 /// Runs `f` with this thread's im2col buffer sized to `len`.
-fn with_col<T>(len: usize, f: impl FnOnce(&mut [f32]) -> T) -> T {
+pub(crate) fn with_col<T>(len: usize, f: impl FnOnce(&mut [f32]) -> T) -> T {
     COL.with(|col| {
         let mut col = col.borrow_mut();
         if col.len() < len {

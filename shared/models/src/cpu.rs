@@ -22,6 +22,7 @@ use candle_core::{Device, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::conv::{matmul, with_col, Geometry, MatRef};
 use crate::{DualLogits, ModelConfig, ModelError, Result};
 
 const BN_EPS: f32 = 1e-5;
@@ -227,16 +228,15 @@ impl Conv {
                 );
             }
         } else {
-            COL.with(|col| {
-                let mut col = col.borrow_mut();
-                let rows_per_tile = (TILE_PIXELS / wo.max(1)).max(1);
-                let mut t0 = r0;
-                while t0 < r1 {
-                    let t1 = (t0 + rows_per_tile).min(r1);
-                    let cols = (t1 - t0) * wo;
-                    col.clear();
-                    col.resize(kk * cols, 0.0);
-                    self.im2col(input, h, w, t0, t1, wo, &mut col);
+            let geometry =
+                Geometry::single_image(self.cin, h, w, self.cout, self.k, self.stride, self.pad);
+            let rows_per_tile = (TILE_PIXELS / wo.max(1)).max(1);
+            let mut t0 = r0;
+            while t0 < r1 {
+                let t1 = (t0 + rows_per_tile).min(r1);
+                let cols = (t1 - t0) * wo;
+                with_col(kk * cols, |col| {
+                    geometry.im2col(input, t0..t1, col);
                     // SAFETY: as above, rows t0..t1 ⊂ r0..r1.
                     unsafe {
                         gemm_into(
@@ -250,9 +250,9 @@ impl Conv {
                             cols,
                         );
                     }
-                    t0 = t1;
-                }
-            });
+                });
+                t0 = t1;
+            }
         }
         for c in 0..self.cout {
             let b = self.bias[c];
@@ -267,58 +267,6 @@ impl Conv {
             }
         }
     }
-
-    /// Columns for output rows r0..r1: row index (ci·k + ky)·k + kx.
-    #[allow(clippy::too_many_arguments)]
-    fn im2col(
-        &self,
-        input: &[f32],
-        h: usize,
-        w: usize,
-        r0: usize,
-        r1: usize,
-        wo: usize,
-        col: &mut [f32],
-    ) {
-        let (k, s, p) = (self.k, self.stride, self.pad);
-        let cols = (r1 - r0) * wo;
-        // Valid output x range for a kernel column kx: 0 ≤ ox·s − p + kx < w.
-        let x_range = |kx: usize| {
-            let lo = p.saturating_sub(kx).div_ceil(s);
-            let hi = if w + p > kx {
-                ((w + p - kx - 1) / s + 1).min(wo)
-            } else {
-                0
-            };
-            (lo.min(hi), hi)
-        };
-        for ci in 0..self.cin {
-            let plane = &input[ci * h * w..(ci + 1) * h * w];
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = (ci * k + ky) * k + kx;
-                    let dst_row = &mut col[row * cols..(row + 1) * cols];
-                    let (lo, hi) = x_range(kx);
-                    for (t, oy) in (r0..r1).enumerate() {
-                        let iy = (oy * s + ky) as isize - p as isize;
-                        if iy < 0 || iy >= h as isize || lo >= hi {
-                            continue; // already zero
-                        }
-                        let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                        let dst = &mut dst_row[t * wo..(t + 1) * wo];
-                        let ix0 = lo * s + kx - p;
-                        if s == 1 {
-                            dst[lo..hi].copy_from_slice(&src[ix0..ix0 + (hi - lo)]);
-                        } else {
-                            for (j, d) in dst[lo..hi].iter_mut().enumerate() {
-                                *d = src[ix0 + j * s];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// A raw output pointer handed to threads that write disjoint rows.
@@ -327,11 +275,6 @@ struct SharedOut(*mut f32);
 // SAFETY: threads given a `SharedOut` write disjoint row ranges only.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
-
-thread_local! {
-    /// Each thread's im2col buffer, reused across layers and calls.
-    static COL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
 
 /// `dst[m, n] = lhs[m, k] · rhs[k, n]`, `dst` rows `dst_rs` apart, `rhs`
 /// rows `rhs_rs` apart, all row-major.
@@ -351,25 +294,20 @@ unsafe fn gemm_into(
     n: usize,
 ) {
     debug_assert_eq!(lhs.len(), m * k);
-    gemm::gemm(
+    let rhs = MatRef {
+        ptr: rhs,
+        row_stride: rhs_rs,
+        col_stride: 1,
+    };
+    matmul(
+        dst,
+        dst_rs,
+        false,
+        MatRef::rows(lhs, k),
+        rhs,
         m,
         n,
         k,
-        dst,
-        1,
-        dst_rs as isize,
-        false,
-        lhs.as_ptr(),
-        1,
-        k as isize,
-        rhs,
-        1,
-        rhs_rs as isize,
-        0.0,
-        1.0,
-        false,
-        false,
-        false,
         Parallelism::None,
     );
 }
