@@ -146,9 +146,7 @@ impl ObjectStore for FsStore {
 
     async fn put(&self, key: &str, data: Bytes) -> Result<PutReceipt> {
         validate_key(key)?;
-        let mut digest = Digester::default();
-        digest.update(&data);
-        let (sha256, size) = digest.finish();
+        let (sha256, size) = crate::digest_of(&data).await;
         let root = self.root.clone();
         let target = self.path(key);
         self.blocking("put", key, move || {
@@ -157,6 +155,44 @@ impl ObjectStore for FsStore {
             commit_temp(temp, &target)
         })
         .await?;
+        Ok(PutReceipt {
+            key: key.to_owned(),
+            uri: self.uri(key),
+            size,
+            sha256,
+        })
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutReceipt> {
+        validate_key(key)?;
+        let (sha256, size) = crate::digest_of(&data).await;
+        let root = self.root.clone();
+        let target = self.path(key);
+        let created = self
+            .blocking("put", key, move || {
+                let mut temp = FsStore::new_temp_file(&root)?;
+                temp.write_all(&data)?;
+                temp.as_file().sync_all()?;
+                let parent = target.parent().unwrap_or(Path::new("."));
+                std::fs::create_dir_all(parent)?;
+                // A hard link fails if the target exists: atomic, also
+                // between processes sharing the folder.
+                match std::fs::hard_link(temp.path(), &target) {
+                    Ok(()) => {
+                        std::fs::File::open(parent)?.sync_all()?;
+                        Ok(true)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        if !created {
+            return Err(StoreError::Exists {
+                store: self.store_uri(),
+                key: key.to_owned(),
+            });
+        }
         Ok(PutReceipt {
             key: key.to_owned(),
             uri: self.uri(key),

@@ -10,6 +10,7 @@
 //! Objects are written whole: a reader sees either the old object or the new
 //! one, never a part. Every write returns the sha256 of what was written.
 
+mod claim;
 mod fs;
 mod s3;
 
@@ -18,9 +19,11 @@ use std::{sync::Arc, time::SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chexvision_config::S3Settings;
+use serde::{de::DeserializeOwned, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+pub use claim::{claim, release, renew, Claim, ClaimOutcome};
 pub use fs::FsStore;
 pub use s3::S3Store;
 
@@ -31,6 +34,15 @@ const READ_CHUNK: usize = 1024 * 1024;
 pub enum StoreError {
     #[error("object `{key}` not found in {store}")]
     NotFound { store: String, key: String },
+    /// A conditional write found its condition false (the object exists).
+    #[error("object `{key}` exists already in {store}")]
+    Exists { store: String, key: String },
+    #[error("object `{key}` in {store} is not valid JSON of the expected shape: {detail}")]
+    Decode {
+        store: String,
+        key: String,
+        detail: String,
+    },
     #[error("invalid object key `{key}`: {reason}")]
     InvalidKey { key: String, reason: &'static str },
     #[error("invalid store URI `{uri}`: {reason}")]
@@ -64,6 +76,10 @@ impl StoreError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, StoreError::NotFound { .. })
     }
+
+    pub fn is_exists(&self) -> bool {
+        matches!(self, StoreError::Exists { .. })
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -95,6 +111,12 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
     /// Writes a whole object, replacing any object with that key.
     async fn put(&self, key: &str, data: Bytes) -> Result<PutReceipt>;
+
+    /// Writes a whole object only if none has that key, else fails with
+    /// [`StoreError::Exists`]. Atomic on a local folder and on AWS S3
+    /// (`If-None-Match: *`); an S3-compatible server that ignores the
+    /// header makes it a plain write (see [`claim`] for what still holds).
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutReceipt>;
 
     async fn get(&self, key: &str) -> Result<Bytes>;
 
@@ -171,6 +193,77 @@ pub async fn open(uri: &str, s3: &S3Settings) -> Result<Arc<dyn ObjectStore>> {
             uri: uri.to_owned(),
             reason: "use file:///path or s3://bucket/prefix".into(),
         })
+    }
+}
+
+/// Reads a JSON object; `Ok(None)` when there is no such object.
+pub async fn get_json<T: DeserializeOwned>(
+    store: &dyn ObjectStore,
+    key: &str,
+) -> Result<Option<T>> {
+    match store.get(key).await {
+        // The error names the field that is wrong (`settings.recipe.weight_decay`).
+        Ok(bytes) => {
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&bytes))
+                .map(Some)
+                .map_err(|e| StoreError::Decode {
+                    store: store.uri(""),
+                    key: key.to_owned(),
+                    detail: e.to_string(),
+                })
+        }
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `value` as pretty JSON.
+pub async fn put_json<T: Serialize + ?Sized>(
+    store: &dyn ObjectStore,
+    key: &str,
+    value: &T,
+) -> Result<PutReceipt> {
+    store.put(key, json_bytes(store, key, value)?).await
+}
+
+fn json_bytes<T: Serialize + ?Sized>(
+    store: &dyn ObjectStore,
+    key: &str,
+    value: &T,
+) -> Result<Bytes> {
+    serde_json::to_vec_pretty(value)
+        .map(Bytes::from)
+        .map_err(|e| StoreError::Decode {
+            store: store.uri(""),
+            key: key.to_owned(),
+            detail: format!("cannot be written as JSON: {e}"),
+        })
+}
+
+/// sha256 of `data`, off the async threads when it is large (hashing 64 MiB
+/// takes a few hundred milliseconds that would stall every other task).
+pub(crate) async fn digest_of(data: &Bytes) -> (String, u64) {
+    const INLINE_LIMIT: usize = 256 * 1024;
+    if data.len() <= INLINE_LIMIT {
+        let mut digest = Digester::default();
+        digest.update(data);
+        return digest.finish();
+    }
+    let shared = data.clone();
+    let hashed = tokio::task::spawn_blocking(move || {
+        let mut digest = Digester::default();
+        digest.update(&shared);
+        digest.finish()
+    })
+    .await;
+    match hashed {
+        Ok(result) => result,
+        // Only a panic inside sha2 gets here; hash inline rather than fail.
+        Err(_) => {
+            let mut digest = Digester::default();
+            digest.update(data);
+            digest.finish()
+        }
     }
 }
 

@@ -121,6 +121,45 @@ impl S3Store {
             .collect())
     }
 
+    /// One PUT; `if_absent` adds `If-None-Match: *` (HTTP 412 when the
+    /// object exists).
+    async fn put_object(&self, key: &str, data: Bytes, if_absent: bool) -> Result<PutReceipt> {
+        validate_key(key)?;
+        let (sha256, size) = crate::digest_of(&data).await;
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .content_length(size as i64)
+            .body(ByteStream::from(data));
+        if if_absent {
+            request = request.if_none_match("*");
+        }
+        match request.send().await {
+            Ok(_) => Ok(PutReceipt {
+                key: key.to_owned(),
+                uri: self.uri(key),
+                size,
+                sha256,
+            }),
+            // 409: a conditional write raced another one on AWS.
+            Err(e)
+                if if_absent
+                    && matches!(
+                        e.raw_response().map(|r| r.status().as_u16()),
+                        Some(412 | 409)
+                    ) =>
+            {
+                Err(StoreError::Exists {
+                    store: self.store_uri(),
+                    key: key.to_owned(),
+                })
+            }
+            Err(e) => Err(self.error("put", key, e)),
+        }
+    }
+
     fn full_key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
@@ -199,25 +238,11 @@ impl ObjectStore for S3Store {
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<PutReceipt> {
-        validate_key(key)?;
-        let mut digest = Digester::default();
-        digest.update(&data);
-        let (sha256, size) = digest.finish();
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .content_length(size as i64)
-            .body(ByteStream::from(data))
-            .send()
-            .await
-            .map_err(|e| self.error("put", key, e))?;
-        Ok(PutReceipt {
-            key: key.to_owned(),
-            uri: self.uri(key),
-            size,
-            sha256,
-        })
+        self.put_object(key, data, false).await
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutReceipt> {
+        self.put_object(key, data, true).await
     }
 
     async fn get(&self, key: &str) -> Result<Bytes> {

@@ -69,3 +69,13 @@ async fn unwritable_root_is_a_clear_error() {
     let err = FsStore::open(file.join("store")).await.unwrap_err();
     assert!(err.to_string().contains("a-file"), "{err}");
 }
+
+#[tokio::test]
+async fn put_if_absent_keeps_the_first_writer() {
+    let (dir, store) = store().await;
+    suite::put_if_absent_keeps_the_first_writer(&store, true).await;
+    let temp = std::fs::read_dir(dir.path().join(".chexvision-tmp"))
+        .unwrap()
+        .count();
+    assert_eq!(temp, 0, "no temporary file left behind");
+}

@@ -113,3 +113,14 @@ async fn server_down_gives_bounded_retries_and_a_clear_error() {
         .unwrap_err();
     assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
 }
+
+/// Whether the local server honours `If-None-Match: *` is reported, not
+/// assumed (AWS S3 does; the claims in `chexvision_store::claim` read back
+/// after writing for servers that do not).
+#[tokio::test]
+async fn put_if_absent_keeps_the_first_writer() {
+    let Some(store) = stack_store("if-absent") else {
+        return;
+    };
+    suite::put_if_absent_keeps_the_first_writer(&store, false).await;
+}

@@ -211,3 +211,37 @@ pub async fn aborted_upload_leaves_no_object(store: &dyn ObjectStore) {
     assert_eq!(receipt.sha256, sha256_hex(&data));
     store.delete("partial/ok.bin").await.unwrap();
 }
+
+/// `put_if_absent` writes a new key and refuses an existing one, leaving it
+/// as it was. `enforced`: whether the store is expected to honour the
+/// condition (a server that ignores `If-None-Match` overwrites).
+pub async fn put_if_absent_keeps_the_first_writer(store: &dyn ObjectStore, enforced: bool) {
+    let key = "claims/first.json";
+    let receipt = store
+        .put_if_absent(key, Bytes::from_static(b"first"))
+        .await
+        .expect("a new key is written");
+    assert_eq!(receipt.size, 5);
+    let second = store
+        .put_if_absent(key, Bytes::from_static(b"second"))
+        .await;
+    if enforced {
+        let err = second.expect_err("an existing key is refused");
+        assert!(err.is_exists(), "{err}");
+        assert!(err.to_string().contains(key), "{err}");
+        assert_eq!(store.get(key).await.unwrap(), Bytes::from_static(b"first"));
+    } else {
+        // Either honoured, or a plain write: never a third outcome.
+        let now = store.get(key).await.unwrap();
+        match second {
+            Ok(_) => {
+                eprintln!("this server does not enforce If-None-Match: the second write won");
+                assert_eq!(now, Bytes::from_static(b"second"));
+            }
+            Err(err) => {
+                assert!(err.is_exists(), "{err}");
+                assert_eq!(now, Bytes::from_static(b"first"));
+            }
+        }
+    }
+}
