@@ -3,11 +3,13 @@
 //! transient failures with backoff, and send records that keep failing (or are
 //! malformed) to the dead-letter topic so the partition keeps flowing.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::VecDeque, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chexvision_config::{KafkaSettings, Topics};
 use chexvision_events::{DeadLetter, Envelope};
+use futures::FutureExt;
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::{header, Bus, BusError, BusMetrics, Delivery, OutboundRecord, Subscription};
@@ -41,6 +43,10 @@ pub struct ConsumerOptions {
     pub max_attempts: u32,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// A dead letter carries at most this much of the original value (and
+    /// always its sha256 and size), so it stays publishable whatever the
+    /// record's size.
+    pub dead_letter_max_payload_bytes: usize,
 }
 
 impl ConsumerOptions {
@@ -52,6 +58,7 @@ impl ConsumerOptions {
             max_attempts: settings.handler_max_attempts.max(1),
             backoff_initial: Duration::from_millis(settings.retry_backoff_initial_ms),
             backoff_max: Duration::from_millis(settings.retry_backoff_max_ms),
+            dead_letter_max_payload_bytes: settings.dead_letter_max_payload_bytes,
         }
     }
 
@@ -63,6 +70,15 @@ impl ConsumerOptions {
             .min(self.backoff_max)
     }
 }
+
+/// A handler still running after this long gets its partitions paused while
+/// the subscription is polled.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
+
+/// Records taken from the bus while a handler runs, before the pause took
+/// effect (or from partitions assigned meanwhile): kept in order and handled
+/// next. Beyond this many the consumer stops polling until the handler is done.
+const MAX_BUFFERED: usize = 256;
 
 /// Runs a handler over a consumer group until shut down.
 pub struct Consumer {
@@ -95,6 +111,11 @@ impl Consumer {
     /// Consumes until `shutdown` is cancelled. A record being handled when
     /// shutdown comes is finished first; acknowledged offsets are committed
     /// before returning.
+    ///
+    /// While a handler runs, its partitions are paused and the subscription
+    /// is still polled: a handler may take longer than the broker's
+    /// `max.poll.interval.ms` without the member being evicted and its record
+    /// handed to another member.
     pub async fn run(
         &self,
         handler: &dyn Handler,
@@ -104,30 +125,46 @@ impl Consumer {
             .bus
             .subscribe(&self.options.group, &self.options.topics)
             .await?;
+        let mut buffered: VecDeque<Delivery> = VecDeque::new();
         let mut receive_failures = 0u32;
         loop {
-            let delivery = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                next = subscription.next() => next,
-            };
-            let delivery = match delivery {
-                Ok(delivery) => {
-                    receive_failures = 0;
-                    delivery
-                }
-                Err(err) => {
-                    // Broker trouble: keep trying, slower each time.
-                    receive_failures += 1;
-                    tracing::warn!(group = %self.options.group, error = %err, "receive failed");
-                    let pause = self.options.backoff(receive_failures);
-                    tokio::select! {
+            let delivery = match buffered.pop_front() {
+                Some(delivery) => delivery,
+                None => {
+                    let next = tokio::select! {
+                        biased;
                         _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(pause) => continue,
+                        next = subscription.next() => next,
+                    };
+                    match next {
+                        Ok(delivery) => {
+                            receive_failures = 0;
+                            delivery
+                        }
+                        Err(err) => {
+                            // Broker trouble: keep trying, slower each time.
+                            receive_failures += 1;
+                            self.count_receive_error();
+                            tracing::warn!(group = %self.options.group, error = %err, "receive failed");
+                            let pause = self.options.backoff(receive_failures);
+                            tokio::select! {
+                                _ = shutdown.cancelled() => break,
+                                _ = tokio::time::sleep(pause) => continue,
+                            }
+                        }
                     }
                 }
             };
-            match self.process(handler, &delivery, &shutdown).await {
+            let outcome = self
+                .process_polling(
+                    handler,
+                    &delivery,
+                    &shutdown,
+                    subscription.as_mut(),
+                    &mut buffered,
+                )
+                .await;
+            match outcome {
                 Outcome::Handled | Outcome::DeadLettered => {
                     if let Err(err) = subscription.ack(&delivery).await {
                         tracing::warn!(%delivery, error = %err, "acknowledgement failed; the record may be delivered again");
@@ -137,6 +174,63 @@ impl Consumer {
             }
         }
         subscription.close().await
+    }
+
+    /// [`Consumer::process`], with the subscription paused and polled meanwhile.
+    async fn process_polling(
+        &self,
+        handler: &dyn Handler,
+        delivery: &Delivery,
+        shutdown: &CancellationToken,
+        subscription: &mut dyn Subscription,
+        buffered: &mut VecDeque<Delivery>,
+    ) -> Outcome {
+        let work = self.process(handler, delivery, shutdown);
+        tokio::pin!(work);
+        // Most handlers finish quickly: pausing (which drops what the client
+        // prefetched) only pays for a slow one.
+        tokio::select! {
+            biased;
+            outcome = &mut work => return outcome,
+            _ = tokio::time::sleep(PAUSE_AFTER) => {}
+        }
+        tracing::debug!(%delivery, "slow handler: pausing the partitions and polling meanwhile");
+        self.pause(subscription);
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                outcome = &mut work => break outcome,
+                next = subscription.next(), if retry_at.is_none() && buffered.len() < MAX_BUFFERED => {
+                    match next {
+                        Ok(early) => {
+                            tracing::debug!(delivery = %early, "record arrived while paused; kept for later");
+                            buffered.push_back(early);
+                            // A rebalance may have assigned new, unpaused partitions.
+                            self.pause(subscription);
+                        }
+                        Err(err) => {
+                            self.count_receive_error();
+                            tracing::warn!(group = %self.options.group, error = %err, "polling while a handler runs failed");
+                            retry_at = Some(tokio::time::Instant::now() + self.options.backoff_max.min(Duration::from_secs(1)));
+                        }
+                    }
+                }
+                _ = async { tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)).await }, if retry_at.is_some() => {
+                    retry_at = None;
+                }
+            }
+        };
+        if let Err(err) = subscription.resume() {
+            tracing::warn!(group = %self.options.group, error = %err, "resuming partitions failed");
+        }
+        outcome
+    }
+
+    fn pause(&self, subscription: &mut dyn Subscription) {
+        if let Err(err) = subscription.pause() {
+            tracing::warn!(group = %self.options.group, error = %err, "pausing partitions failed; records may arrive early and are kept in order");
+        }
     }
 
     async fn process(
@@ -149,7 +243,16 @@ impl Consumer {
         loop {
             attempt += 1;
             let started = std::time::Instant::now();
-            let result = handler.handle(delivery).await;
+            // A panicking handler (a bug) fails the attempt, not the consumer.
+            let result = AssertUnwindSafe(handler.handle(delivery))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    Err(HandlerError::Failed(format!(
+                        "the handler panicked: {}",
+                        panic_message(panic.as_ref())
+                    )))
+                });
             if let Some(metrics) = &self.metrics {
                 metrics.observe_handler(&delivery.topic, started.elapsed());
             }
@@ -182,8 +285,11 @@ impl Consumer {
         }
     }
 
-    /// Publishes the dead letter, retrying until it is durable (the record must
-    /// not be acknowledged before) or shutdown. Returns whether it was published.
+    /// Publishes the dead letter, retrying while the failure may pass (the
+    /// record must not be acknowledged before) or until shutdown. A dead
+    /// letter the bus refuses for good (too large, not authorised, no
+    /// dead-letter topic) is logged and counted and the record acknowledged:
+    /// it must not block its partition. Returns whether to acknowledge.
     async fn dead_letter(
         &self,
         delivery: &Delivery,
@@ -196,6 +302,13 @@ impl Consumer {
         loop {
             match self.bus.publish(record.clone()).await {
                 Ok(()) => return true,
+                Err(err) if err.is_permanent() => {
+                    tracing::error!(%delivery, error = %err, handler_error = %error, "the dead letter was refused for good; the record is dropped (its error is in this log line)");
+                    if let Some(metrics) = &self.metrics {
+                        metrics.count_dead_letter_failure(&delivery.topic);
+                    }
+                    return true;
+                }
                 Err(err) => {
                     failures += 1;
                     tracing::error!(%delivery, error = %err, "publishing to the dead-letter topic failed; retrying");
@@ -213,37 +326,75 @@ impl Consumer {
             metrics.count_consumed(topic, outcome);
         }
     }
+
+    fn count_receive_error(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.count_receive_error(&self.options.group);
+        }
+    }
 }
 
-/// The dead-letter record for `delivery`: a DeadLetter event (with the original
-/// value inside), keyed like the original, with the error and the origin in
-/// headers as well so tools can filter without decoding.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// Longest handler error a dead letter carries (in its body and header).
+const MAX_ERROR_BYTES: usize = 4096;
+
+/// `text` cut to at most `max` bytes on a character boundary.
+fn truncate_utf8(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &text[..end], text.len())
+}
+
+/// The dead-letter record for `delivery`: a DeadLetter event with the
+/// original value inside (once; cut to `dead_letter_max_payload_bytes`, with
+/// the whole value's sha256 and size), keyed like the original, with the
+/// error and the origin in headers as well so tools can filter without
+/// decoding.
 pub(crate) fn dead_letter_record(
     options: &ConsumerOptions,
     delivery: &Delivery,
     error: &HandlerError,
     attempts: u32,
 ) -> OutboundRecord {
+    let error_text = truncate_utf8(&error.to_string(), MAX_ERROR_BYTES);
+    let truncated = delivery.payload.len() > options.dead_letter_max_payload_bytes;
+    let kept = delivery
+        .payload
+        .len()
+        .min(options.dead_letter_max_payload_bytes);
     let body = DeadLetter {
         source_topic: delivery.topic.clone(),
         source_partition: delivery.partition,
         source_offset: delivery.offset,
-        key: delivery.key.clone(),
-        original_payload: delivery.payload.clone(),
-        error: error.to_string(),
+        key: delivery.key.iter().copied().take(1024).collect(),
+        original_payload: delivery.payload[..kept].to_vec(),
+        error: error_text.clone(),
         attempts,
         consumer_group: options.group.clone(),
+        original_sha256: hex::encode(Sha256::digest(&delivery.payload)),
+        original_size_bytes: delivery.payload.len() as u64,
+        original_truncated: truncated,
     };
     // Keep the correlation id of the original event when it can be read.
-    let event = match Envelope::decode_checked(&delivery.payload) {
-        Ok(original) => Envelope::caused_by(&original, body, &options.group),
-        Err(_) => Envelope::new(body, &options.group),
-    };
+    let original = Envelope::decode_checked(&delivery.payload).ok();
+    let event = Envelope::follow(original.as_ref(), body, &options.group);
     let key = String::from_utf8_lossy(&delivery.key).into_owned();
     let mut record = OutboundRecord::event(&options.dead_letter_topic, &key, &event);
-    record.key = delivery.key.clone();
+    record.key = delivery.key.iter().copied().take(1024).collect();
     record.headers.extend([
-        (header::DLQ_ERROR.to_owned(), error.to_string().into_bytes()),
+        (header::DLQ_ERROR.to_owned(), error_text.into_bytes()),
         (
             header::DLQ_SOURCE_TOPIC.to_owned(),
             delivery.topic.clone().into_bytes(),
@@ -263,10 +414,6 @@ pub(crate) fn dead_letter_record(
         (
             header::DLQ_GROUP.to_owned(),
             options.group.clone().into_bytes(),
-        ),
-        (
-            header::DLQ_ORIGINAL_PAYLOAD.to_owned(),
-            delivery.payload.clone(),
         ),
     ]);
     record
@@ -301,11 +448,96 @@ mod tests {
             max_attempts: 5,
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_millis(1000),
+            dead_letter_max_payload_bytes: 1024,
         };
         assert_eq!(options.backoff(1), Duration::from_millis(100));
         assert_eq!(options.backoff(2), Duration::from_millis(200));
         assert_eq!(options.backoff(4), Duration::from_millis(800));
         assert_eq!(options.backoff(5), Duration::from_millis(1000));
         assert_eq!(options.backoff(60), Duration::from_millis(1000));
+    }
+
+    fn options(cap: usize) -> ConsumerOptions {
+        ConsumerOptions {
+            group: "g".into(),
+            topics: vec!["t".into()],
+            dead_letter_topic: "dlq".into(),
+            max_attempts: 1,
+            backoff_initial: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(1),
+            dead_letter_max_payload_bytes: cap,
+        }
+    }
+
+    fn delivery(payload: Vec<u8>) -> Delivery {
+        Delivery {
+            topic: "t".into(),
+            partition: 2,
+            offset: 17,
+            key: b"k".to_vec(),
+            payload,
+            headers: vec![],
+        }
+    }
+
+    fn letter(record: &OutboundRecord) -> DeadLetter {
+        match Envelope::decode_checked(&record.payload).unwrap().body {
+            Some(chexvision_events::Body::DeadLetter(letter)) => letter,
+            other => panic!("not a dead letter: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_carries_the_payload_once() {
+        let payload = b"not an envelope".to_vec();
+        let record = dead_letter_record(
+            &options(1024),
+            &delivery(payload.clone()),
+            &HandlerError::Malformed("bad".into()),
+            1,
+        );
+        let letter = letter(&record);
+        assert_eq!(letter.original_payload, payload);
+        assert!(!letter.original_truncated);
+        assert_eq!(letter.original_size_bytes, payload.len() as u64);
+        assert_eq!(
+            letter.original_sha256,
+            hex::encode(Sha256::digest(&payload))
+        );
+        // Headers name the origin and the error, never the payload again.
+        let header_bytes: usize = record.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        assert!(header_bytes < 512, "headers hold {header_bytes} bytes");
+        assert!(record.payload.len() < payload.len() + 512);
+    }
+
+    #[test]
+    fn a_large_payload_is_cut_and_identified_by_hash_and_size() {
+        let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let error = HandlerError::Malformed("x".repeat(100_000));
+        let record = dead_letter_record(&options(4096), &delivery(payload.clone()), &error, 1);
+        let letter = letter(&record);
+        assert!(letter.original_truncated);
+        assert_eq!(letter.original_payload, payload[..4096]);
+        assert_eq!(letter.original_size_bytes, 1_000_000);
+        assert_eq!(
+            letter.original_sha256,
+            hex::encode(Sha256::digest(&payload))
+        );
+        assert!(
+            letter.error.len() < MAX_ERROR_BYTES + 64,
+            "{}",
+            letter.error.len()
+        );
+        let whole = format!("({} bytes in all)", error.to_string().len());
+        assert!(
+            letter.error.ends_with(&whole),
+            "{}",
+            &letter.error[letter.error.len() - 40..]
+        );
+        assert!(
+            record.payload.len() < 16 * 1024,
+            "{} bytes",
+            record.payload.len()
+        );
     }
 }

@@ -208,6 +208,15 @@ impl Bus for KafkaBus {
                     ) => BusError::UnknownTopic {
                         topic: record.topic.clone(),
                     },
+                    KafkaError::MessageProduction(
+                        code @ (RDKafkaErrorCode::MessageSizeTooLarge
+                        | RDKafkaErrorCode::InvalidMessageSize
+                        | RDKafkaErrorCode::InvalidMessage
+                        | RDKafkaErrorCode::TopicAuthorizationFailed),
+                    ) => BusError::Rejected {
+                        topic: record.topic.clone(),
+                        detail: format!("{code} ({} bytes)", record.payload.len()),
+                    },
                     other => BusError::Publish {
                         topic: record.topic.clone(),
                         detail: format!("{other} (after {attempt} attempts)"),
@@ -243,6 +252,10 @@ impl Bus for KafkaBus {
                 self.settings.session_timeout_ms.to_string(),
             )
             .set("enable.partition.eof", "false");
+        consumer_config.set(
+            "max.poll.interval.ms",
+            self.settings.max_poll_interval_ms.to_string(),
+        );
         let consumer: StreamConsumer = with_overrides(consumer_config, &self.settings)
             // Set after the overrides: acknowledgement depends on these.
             .set("group.id", group)
@@ -258,7 +271,38 @@ impl Bus for KafkaBus {
             group: group.to_owned(),
         }))
     }
+
+    async fn probe(&self) -> Result<(), BusError> {
+        let producer = self.producer.clone();
+        let brokers = self.brokers.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Timeout::After(PROBE_TIMEOUT))
+                .map(|_| ())
+                .map_err(|e| BusError::Consume {
+                    group: "probe".into(),
+                    detail: format!("no metadata from {brokers} within {PROBE_TIMEOUT:?}: {e}"),
+                })
+        })
+        .await
+        .map_err(|_| BusError::Closed)?
+    }
+
+    async fn flush(&self, timeout: Duration) -> Result<(), BusError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout)))
+            .await
+            .map_err(|_| BusError::Closed)?
+            .map_err(|e| BusError::Publish {
+                topic: "(flush)".into(),
+                detail: e.to_string(),
+            })
+    }
 }
+
+/// How long a readiness probe waits for the brokers' metadata.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl KafkaBus {
     async fn send_once(&self, record: &OutboundRecord) -> Result<(), KafkaError> {
@@ -285,14 +329,37 @@ impl KafkaBus {
 
 impl Drop for KafkaBus {
     fn drop(&mut self) {
-        // Deliver what is queued before the producer goes away.
-        let _ = self.producer.flush(Timeout::After(Duration::from_secs(10)));
+        // Deliver what is still queued before the producer goes away. The
+        // services flush at shutdown (`Bus::flush`, off the async threads),
+        // so this usually has nothing to wait for; when it has, it must not
+        // stall an async worker thread that other tasks run on.
+        if self.producer.in_flight_count() == 0 {
+            return;
+        }
+        let flush = || {
+            let _ = self.producer.flush(Timeout::After(Duration::from_secs(10)));
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(flush)
+            }
+            _ => flush(),
+        }
     }
 }
 
 struct KafkaSubscription {
     consumer: StreamConsumer,
     group: String,
+}
+
+impl KafkaSubscription {
+    fn error(&self, operation: &str, e: KafkaError) -> BusError {
+        BusError::Consume {
+            group: self.group.clone(),
+            detail: format!("{operation}: {e}"),
+        }
+    }
 }
 
 #[async_trait]
@@ -344,6 +411,32 @@ impl Subscription for KafkaSubscription {
                 detail: format!("storing offset of {delivery}: {e}"),
             }),
         }
+    }
+
+    fn pause(&mut self) -> Result<(), BusError> {
+        let assignment = self
+            .consumer
+            .assignment()
+            .map_err(|e| self.error("assignment", e))?;
+        if assignment.count() > 0 {
+            self.consumer
+                .pause(&assignment)
+                .map_err(|e| self.error("pause", e))?;
+        }
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<(), BusError> {
+        let assignment = self
+            .consumer
+            .assignment()
+            .map_err(|e| self.error("assignment", e))?;
+        if assignment.count() > 0 {
+            self.consumer
+                .resume(&assignment)
+                .map_err(|e| self.error("resume", e))?;
+        }
+        Ok(())
     }
 
     async fn close(self: Box<Self>) -> Result<(), BusError> {

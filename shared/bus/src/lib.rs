@@ -21,8 +21,8 @@ mod metrics;
 use std::{fmt, sync::Arc};
 
 use async_trait::async_trait;
-use chexvision_config::KafkaSettings;
-use chexvision_events::Envelope;
+use chexvision_config::{KafkaSettings, Topics};
+use chexvision_events::{Body, Envelope, ShardStage};
 
 pub use consumer::{drain, Consumer, ConsumerOptions, Handler, HandlerError};
 pub use kafka::KafkaBus;
@@ -46,9 +46,6 @@ pub mod header {
     pub const DLQ_SOURCE_OFFSET: &str = "chexvision-dlq-source-offset";
     pub const DLQ_ATTEMPTS: &str = "chexvision-dlq-attempts";
     pub const DLQ_GROUP: &str = "chexvision-dlq-group";
-    /// On dead letters: the original record value, unchanged (also inside the
-    /// DeadLetter event body).
-    pub const DLQ_ORIGINAL_PAYLOAD: &str = "chexvision-dlq-original-payload";
 }
 
 /// Content type of every platform event.
@@ -63,12 +60,26 @@ pub enum BusError {
     UnknownTopic { topic: String },
     #[error("publishing to `{topic}` failed: {detail}")]
     Publish { topic: String, detail: String },
+    /// The bus refused the record for good (too large, invalid, not
+    /// authorised): sending it again cannot help.
+    #[error("`{topic}` refused the record: {detail}")]
+    Rejected { topic: String, detail: String },
     #[error("creating topic `{topic}` failed: {detail}")]
     CreateTopic { topic: String, detail: String },
     #[error("consumer group `{group}`: {detail}")]
     Consume { group: String, detail: String },
     #[error("the bus was closed")]
     Closed,
+}
+
+impl BusError {
+    /// Whether retrying the same operation cannot succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            BusError::Rejected { .. } | BusError::UnknownTopic { .. }
+        )
+    }
 }
 
 /// A record to publish.
@@ -173,6 +184,18 @@ pub trait Bus: Send + Sync + fmt::Debug {
         group: &str,
         topics: &[String],
     ) -> Result<Box<dyn Subscription>, BusError>;
+
+    /// Checks the bus answers (for readiness): a metadata request to the
+    /// brokers, bounded in time.
+    async fn probe(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    /// Waits until records handed to `publish` are delivered or `timeout`
+    /// passes (at shutdown); blocking work runs off the async threads.
+    async fn flush(&self, _timeout: std::time::Duration) -> Result<(), BusError> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -184,6 +207,18 @@ pub trait Subscription: Send {
     /// will not be delivered to this group again. Call only once the handler's
     /// output is durable.
     async fn ack(&mut self, delivery: &Delivery) -> Result<(), BusError>;
+
+    /// Stops fetching from the partitions assigned now, while the caller
+    /// keeps calling [`Subscription::next`] to stay a live member (a record
+    /// fetched before the pause may still arrive). Undone by `resume`.
+    fn pause(&mut self) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    /// Fetches again from where the last record returned left off.
+    fn resume(&mut self) -> Result<(), BusError> {
+        Ok(())
+    }
 
     /// Commits acknowledged offsets and leaves the group.
     async fn close(self: Box<Self>) -> Result<(), BusError>;
@@ -201,6 +236,41 @@ pub fn connect(uri: &str, settings: &KafkaSettings) -> Result<Arc<dyn Bus>, BusE
             uri: uri.to_owned(),
             reason: "use memory:// or kafka://host:port".into(),
         })
+    }
+}
+
+/// The topic an event belongs on: where producers publish it and the only
+/// topic a consumer accepts it from.
+pub fn home_topic<'t>(event: &Envelope, topics: &'t Topics) -> Option<&'t str> {
+    let topic = match event.body.as_ref()? {
+        Body::IngestRequested(_) => &topics.ingest_requests,
+        Body::ShardWritten(shard) if shard.stage() == ShardStage::Ready => &topics.shards_ready,
+        Body::ShardWritten(_) | Body::DatasetIngested(_) => &topics.shards_raw,
+        Body::DatasetReady(_) => &topics.datasets,
+        Body::TrainingRequested(_) => &topics.training_requests,
+        Body::CheckpointCreated(_) => &topics.checkpoints,
+        Body::EvaluationCompleted(_) => &topics.evaluations,
+        Body::ModelPromoted(_) => &topics.models_promoted,
+        Body::DeadLetter(_) => &topics.dead_letter,
+    };
+    Some(topic.as_str())
+}
+
+/// Decodes a delivered record as a platform event and checks it arrived on
+/// its own topic (a training request sent to `chexvision.datasets` is not a
+/// training request for whoever reads that topic). Either failure is a
+/// malformed record.
+pub fn decode_event(delivery: &Delivery, topics: &Topics) -> Result<Envelope, HandlerError> {
+    let envelope = Envelope::decode_checked(&delivery.payload)
+        .map_err(|e| HandlerError::Malformed(e.to_string()))?;
+    match home_topic(&envelope, topics) {
+        Some(home) if home == delivery.topic => Ok(envelope),
+        Some(home) => Err(HandlerError::Malformed(format!(
+            "a {} event belongs on {home}, not on {}",
+            envelope.kind().map_or("?", |k| k.json_name()),
+            delivery.topic
+        ))),
+        None => Err(HandlerError::Malformed("event has no body".into())),
     }
 }
 

@@ -187,6 +187,7 @@ impl Bus for MemoryBus {
             assigned: Vec::new(),
             positions: HashMap::new(),
             cursor: 0,
+            paused: false,
         }))
     }
 }
@@ -202,10 +203,15 @@ struct MemorySubscription {
     positions: HashMap<PartitionId, i64>,
     /// Where to start looking next, so partitions are served in turn.
     cursor: usize,
+    /// While paused nothing is delivered (as a paused Kafka consumer).
+    paused: bool,
 }
 
 impl MemorySubscription {
     fn poll(&mut self) -> Option<Delivery> {
+        if self.paused {
+            return None;
+        }
         let state = self.bus.lock();
         let group = state.groups.get(&self.group)?;
         if group.generation != self.generation {
@@ -277,6 +283,18 @@ impl Subscription for MemorySubscription {
             let committed = group.committed.entry(id).or_insert(0);
             *committed = (*committed).max(delivery.offset + 1);
         }
+        Ok(())
+    }
+
+    fn pause(&mut self) -> Result<(), BusError> {
+        self.paused = true;
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<(), BusError> {
+        self.paused = false;
+        // Wake our own next() if it is waiting.
+        self.bus.changed.notify_waiters();
         Ok(())
     }
 

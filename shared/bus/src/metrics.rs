@@ -9,6 +9,8 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 pub struct BusMetrics {
     consumed: IntCounterVec,
     handler_seconds: HistogramVec,
+    dead_letter_failures: IntCounterVec,
+    receive_errors: IntCounterVec,
 }
 
 impl BusMetrics {
@@ -29,11 +31,31 @@ impl BusMetrics {
             .buckets(vec![0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0]),
             &["topic"],
         )?;
+        let dead_letter_failures = IntCounterVec::new(
+            Opts::new(
+                "chexvision_bus_dead_letter_failures_total",
+                "Records acknowledged without a dead letter because the bus refused it for good \
+                 (too large, not authorised, no dead-letter topic), by source topic",
+            ),
+            &["topic"],
+        )?;
+        let receive_errors = IntCounterVec::new(
+            Opts::new(
+                "chexvision_bus_receive_errors_total",
+                "Errors the bus client reported while receiving (broker down, member evicted \
+                 for not polling), by consumer group",
+            ),
+            &["group"],
+        )?;
         registry.register(Box::new(consumed.clone()))?;
+        registry.register(Box::new(receive_errors.clone()))?;
         registry.register(Box::new(handler_seconds.clone()))?;
+        registry.register(Box::new(dead_letter_failures.clone()))?;
         Ok(BusMetrics {
             consumed,
             handler_seconds,
+            dead_letter_failures,
+            receive_errors,
         })
     }
 
@@ -45,6 +67,24 @@ impl BusMetrics {
         self.handler_seconds
             .with_label_values(&[topic])
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn count_dead_letter_failure(&self, topic: &str) {
+        self.dead_letter_failures.with_label_values(&[topic]).inc();
+    }
+
+    pub(crate) fn count_receive_error(&self, group: &str) {
+        self.receive_errors.with_label_values(&[group]).inc();
+    }
+
+    /// Receive errors of a consumer group so far.
+    pub fn receive_errors(&self, group: &str) -> u64 {
+        self.receive_errors.with_label_values(&[group]).get()
+    }
+
+    /// Dead letters refused for good, for a source topic.
+    pub fn dead_letter_failures(&self, topic: &str) -> u64 {
+        self.dead_letter_failures.with_label_values(&[topic]).get()
     }
 
     /// Current count for a topic and outcome (for tests and status pages).

@@ -76,3 +76,25 @@ async fn unknown_topic_is_an_error() {
     let bus = Arc::new(KafkaBus::connect(&brokers, &settings).unwrap());
     suite::unknown_topic_is_an_error(bus).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_record_near_the_size_limit_does_not_block() {
+    let Some(bus) = stack_bus("huge-poison") else {
+        return;
+    };
+    suite::poison_record_near_the_size_limit_does_not_block(bus).await;
+}
+
+/// A handler that takes 2.5 times `max.poll.interval.ms`: without polling
+/// during it, librdkafka leaves the group, the acknowledgement is lost and
+/// the record is handled a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_handler_outlasting_max_poll_interval_completes_once() {
+    let Some((brokers, mut settings)) = stack_settings("slow-handler") else {
+        return;
+    };
+    settings.session_timeout_ms = 6_000;
+    settings.max_poll_interval_ms = 6_000;
+    let bus = Arc::new(KafkaBus::connect(&brokers, &settings).unwrap());
+    suite::slow_handler_completes_once(bus, Duration::from_secs(15)).await;
+}

@@ -42,3 +42,13 @@ async fn connect_by_uri() {
     let err = chexvision_bus::connect("amqp://x", &settings).unwrap_err();
     assert!(err.to_string().contains("amqp://x"), "{err}");
 }
+
+#[tokio::test]
+async fn poison_record_near_the_size_limit_does_not_block() {
+    suite::poison_record_near_the_size_limit_does_not_block(bus()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_handler_completes_once() {
+    suite::slow_handler_completes_once(bus(), Duration::from_millis(500)).await;
+}

@@ -190,6 +190,13 @@ pub struct KafkaSettings {
     pub retry_backoff_initial_ms: u64,
     pub retry_backoff_max_ms: u64,
     pub session_timeout_ms: u64,
+    /// Longest gap between two polls before the client leaves its group. The
+    /// consume loop keeps polling while a handler runs, so this bounds a
+    /// stalled process, not a long handler.
+    pub max_poll_interval_ms: u64,
+    /// A dead letter carries at most this many bytes of the original value
+    /// (with its sha256 and size), so it stays under the broker's record limit.
+    pub dead_letter_max_payload_bytes: usize,
     /// How long the producer keeps retrying one record (covers broker restarts).
     pub message_timeout_ms: u64,
     /// Attempts to publish one record when the broker answers with an error
@@ -213,6 +220,8 @@ impl Default for KafkaSettings {
             retry_backoff_initial_ms: 200,
             retry_backoff_max_ms: 10_000,
             session_timeout_ms: 10_000,
+            max_poll_interval_ms: 300_000,
+            dead_letter_max_payload_bytes: 256 * 1024,
             message_timeout_ms: 300_000,
             publish_max_attempts: 8,
             properties: BTreeMap::new(),
@@ -257,6 +266,19 @@ impl Validate for KafkaSettings {
             problems.push((
                 "kafka.retry_backoff_initial_ms".into(),
                 "must not exceed kafka.retry_backoff_max_ms".into(),
+            ));
+        }
+        if self.max_poll_interval_ms < self.session_timeout_ms {
+            problems.push((
+                "kafka.max_poll_interval_ms".into(),
+                "must be at least kafka.session_timeout_ms (librdkafka refuses less)".into(),
+            ));
+        }
+        if !(1024..=512 * 1024).contains(&self.dead_letter_max_payload_bytes) {
+            problems.push((
+                "kafka.dead_letter_max_payload_bytes".into(),
+                "must be 1024..=524288: a dead letter must fit the broker's 1 MB record limit"
+                    .into(),
             ));
         }
         problems

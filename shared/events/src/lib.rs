@@ -173,12 +173,35 @@ impl Envelope {
 
     /// A new event caused by `cause`: it keeps the correlation id.
     pub fn caused_by(cause: &Envelope, body: impl Into<Body>, producer: &str) -> Self {
+        let (correlation_id, causation_id) = cause.meta.as_ref().map_or(("", ""), |m| {
+            (m.correlation_id.as_str(), m.event_id.as_str())
+        });
+        Envelope::continuing(correlation_id, causation_id, body, producer)
+    }
+
+    /// A new event that follows `cause` when there is one (see
+    /// [`Envelope::caused_by`]), else starts its own correlation chain.
+    pub fn follow(cause: Option<&Envelope>, body: impl Into<Body>, producer: &str) -> Self {
+        match cause {
+            Some(cause) => Envelope::caused_by(cause, body, producer),
+            None => Envelope::new(body, producer),
+        }
+    }
+
+    /// A new event in the chain of an event known only by its ids (a
+    /// request recorded earlier): empty ids start a new chain.
+    pub fn continuing(
+        correlation_id: &str,
+        causation_id: &str,
+        body: impl Into<Body>,
+        producer: &str,
+    ) -> Self {
         let mut event = Envelope::new(body, producer);
-        if let (Some(meta), Some(cause_meta)) = (event.meta.as_mut(), cause.meta.as_ref()) {
-            if !cause_meta.correlation_id.is_empty() {
-                meta.correlation_id = cause_meta.correlation_id.clone();
+        if let Some(meta) = event.meta.as_mut() {
+            if !correlation_id.is_empty() {
+                meta.correlation_id = correlation_id.to_owned();
             }
-            meta.causation_id = cause_meta.event_id.clone();
+            meta.causation_id = causation_id.to_owned();
         }
         event
     }
