@@ -4,6 +4,14 @@
 //! its topics, run the service's tasks (consumers, workers) and, on SIGTERM
 //! or SIGINT, stop them within a grace period.
 //!
+//! The runtime watches what it runs: the first task to end before shutdown
+//! (a consumer whose subscription failed, a worker that stopped or
+//! panicked) marks the service not ready and not alive (`/readyz` and
+//! `/healthz` answer 503 with the reason), the other tasks are stopped and
+//! the process exits non-zero, so Kubernetes restarts it instead of
+//! keeping an idle pod that looks healthy. The bus is probed every few
+//! seconds: a bus that does not answer makes the service not ready.
+//!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
 //! use chexvision_service::{Service, ServiceArgs};
@@ -18,19 +26,29 @@
 //! # }
 //! ```
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use chexvision_bus::{Bus, BusMetrics, Consumer, ConsumerOptions, Handler, TopicSpec};
 use chexvision_config::{Config, Loader, Validate};
 use chexvision_store::ObjectStore;
-use chexvision_telemetry::{RunningServer, Telemetry};
+use chexvision_telemetry::{Health, RunningServer, Telemetry};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// How long shutdown waits for the service's tasks to hand back their work.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// After a task failed, the endpoints keep answering 503 this long before
+/// the process exits, so probes and the last scrape see why.
+pub const FAILURE_LINGER: Duration = Duration::from_secs(2);
+
+/// How often the bus is probed for readiness.
+pub const BUS_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A task the runtime watches: its name and handle.
+pub type Task = (String, JoinHandle<Result<()>>);
 
 /// The flags every service takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -54,8 +72,10 @@ pub struct Service<S> {
     pub store: Arc<dyn ObjectStore>,
     pub bus: Arc<dyn Bus>,
     pub bus_metrics: BusMetrics,
-    /// Cancelled on SIGTERM/SIGINT.
+    /// Cancelled on SIGTERM/SIGINT, or when a task ends unexpectedly.
     pub shutdown: CancellationToken,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub address: SocketAddr,
     server: RunningServer,
 }
 
@@ -86,6 +106,7 @@ where
             bus,
             bus_metrics,
             shutdown: CancellationToken::new(),
+            address,
             server,
         })
     }
@@ -109,7 +130,7 @@ where
         group: &str,
         topics: &[&str],
         handler: impl Handler + 'static,
-    ) -> (String, JoinHandle<Result<()>>) {
+    ) -> Task {
         let consumer = Consumer::new(
             self.bus.clone(),
             ConsumerOptions::new(group, topics, &self.config.kafka, &self.config.topics),
@@ -125,19 +146,62 @@ where
         (format!("consumer {}", topics.join(",")), task)
     }
 
-    /// Waits for SIGTERM or SIGINT, cancels [`Service::shutdown`], gives
-    /// `tasks` [`SHUTDOWN_GRACE`] to finish (work not acknowledged by then is
-    /// delivered again), then stops the HTTP endpoints.
-    pub async fn run_until_shutdown(
-        self,
-        tasks: Vec<(String, JoinHandle<Result<()>>)>,
-    ) -> Result<()> {
-        chexvision_telemetry::shutdown_signal().await;
-        tracing::info!("shutting down");
-        self.telemetry.health.not_ready("service", "shutting down");
+    /// Runs until SIGTERM or SIGINT (or [`Service::shutdown`] is cancelled),
+    /// or until one of `tasks` ends on its own, which is a failure. Then
+    /// cancels [`Service::shutdown`], gives the tasks [`SHUTDOWN_GRACE`] to
+    /// finish (work not acknowledged by then is delivered again), flushes
+    /// the bus and stops the HTTP endpoints. Returns an error naming the
+    /// task when one failed: `main` exits non-zero.
+    pub async fn run_until_shutdown(self, tasks: Vec<Task>) -> Result<()> {
+        let watcher = tokio::spawn(watch_bus(
+            self.bus.clone(),
+            self.telemetry.health.clone(),
+            BUS_PROBE_INTERVAL,
+            self.shutdown.clone(),
+        ));
+        let (names, handles): (Vec<String>, Vec<JoinHandle<Result<()>>>) =
+            tasks.into_iter().unzip();
+        let mut handles: Vec<Option<JoinHandle<Result<()>>>> =
+            handles.into_iter().map(Some).collect();
+        let first_end = async {
+            if handles.is_empty() {
+                return std::future::pending().await;
+            }
+            let (result, index, _) = futures::future::select_all(
+                handles
+                    .iter_mut()
+                    .map(|h| h.as_mut().expect("unfinished task")),
+            )
+            .await;
+            (index, result)
+        };
+        let failure = tokio::select! {
+            _ = chexvision_telemetry::shutdown_signal() => None,
+            _ = self.shutdown.cancelled() => None,
+            (index, result) = first_end => {
+                handles[index] = None;
+                let reason = match result {
+                    Ok(Ok(())) => format!("{} stopped unexpectedly", names[index]),
+                    Ok(Err(e)) => format!("{} failed: {e:#}", names[index]),
+                    Err(e) => format!("{} panicked: {e}", names[index]),
+                };
+                Some((names[index].clone(), reason))
+            }
+        };
+        match &failure {
+            Some((task, reason)) => {
+                tracing::error!(%task, %reason, "a task ended before shutdown: the service stops");
+                self.telemetry.health.fail(task, reason.clone());
+            }
+            None => {
+                tracing::info!("shutting down");
+                self.telemetry.health.not_ready("service", "shutting down");
+            }
+        }
         self.shutdown.cancel();
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        for (name, task) in tasks {
+        for (name, task) in names.iter().zip(handles) {
+            let Some(task) = task else { continue };
             match tokio::time::timeout_at(deadline, task).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(e))) => tracing::warn!(task = %name, error = %e, "stopped with an error"),
@@ -147,7 +211,53 @@ where
                 }
             }
         }
+        let _ = watcher.await;
+        if let Err(e) = self.bus.flush(Duration::from_secs(10)).await {
+            tracing::warn!(error = %e, "records still queued for the bus at exit");
+        }
+        if failure.is_some() {
+            tokio::time::sleep(FAILURE_LINGER).await;
+        }
         self.server.stop().await;
-        Ok(())
+        match failure {
+            Some((_, reason)) => Err(anyhow!(reason)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Probes `bus` every `interval` until `shutdown`: a bus that does not
+/// answer makes the service not ready (`bus` in `/readyz`) until it does.
+pub async fn watch_bus(
+    bus: Arc<dyn Bus>,
+    health: Health,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut down = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = bus.probe() => result,
+        };
+        match result {
+            Ok(()) if down => {
+                tracing::info!("the bus answers again");
+                health.ready("bus");
+                down = false;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if !down {
+                    tracing::warn!(error = %e, "the bus does not answer: not ready");
+                }
+                health.not_ready("bus", format!("the bus does not answer: {e}"));
+                down = true;
+            }
+        }
     }
 }

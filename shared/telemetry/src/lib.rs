@@ -36,6 +36,9 @@ pub fn init_tracing(settings: &LogSettings) {
 #[derive(Clone, Debug, Default)]
 pub struct Health {
     waiting_for: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Components that failed for good: `/healthz` answers 503 (the pod
+    /// should be restarted).
+    failed: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl Health {
@@ -58,11 +61,32 @@ impl Health {
         self.lock().clone()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
-        self.waiting_for
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Marks `component` failed for good: not ready, and not alive.
+    pub fn fail(&self, component: &str, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.lock().insert(component.to_owned(), reason.clone());
+        lock(&self.failed).insert(component.to_owned(), reason);
     }
+
+    /// Whether nothing has failed for good (`/healthz`).
+    pub fn is_alive(&self) -> bool {
+        lock(&self.failed).is_empty()
+    }
+
+    /// What failed for good, by component.
+    pub fn failures(&self) -> BTreeMap<String, String> {
+        lock(&self.failed).clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        lock(&self.waiting_for)
+    }
+}
+
+fn lock(
+    map: &Mutex<BTreeMap<String, String>>,
+) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+    map.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A service's registry and health, shared with its HTTP endpoints.
@@ -114,9 +138,22 @@ async fn metrics(telemetry: web::Data<Telemetry>) -> HttpResponse {
 }
 
 async fn healthz(telemetry: web::Data<Telemetry>) -> HttpResponse {
-    HttpResponse::Ok()
+    let failures = telemetry.health.failures();
+    if failures.is_empty() {
+        return HttpResponse::Ok()
+            .content_type(ContentType::json())
+            .body(serde_json::json!({"status": "ok", "service": telemetry.service}).to_string());
+    }
+    HttpResponse::ServiceUnavailable()
         .content_type(ContentType::json())
-        .body(serde_json::json!({"status": "ok", "service": telemetry.service}).to_string())
+        .body(
+            serde_json::json!({
+                "status": "failed",
+                "service": telemetry.service,
+                "failed": failures,
+            })
+            .to_string(),
+        )
 }
 
 async fn readyz(telemetry: web::Data<Telemetry>) -> HttpResponse {
@@ -255,6 +292,22 @@ mod tests {
         let response =
             test::call_service(&app, test::TestRequest::get().uri("/readyz").to_request()).await;
         assert_eq!(response.status(), 200);
+
+        // A component that failed for good: neither ready nor alive.
+        telemetry
+            .health
+            .fail("worker", "the worker stopped: store gone");
+        for uri in ["/readyz", "/healthz"] {
+            let response =
+                test::call_service(&app, test::TestRequest::get().uri(uri).to_request()).await;
+            assert_eq!(response.status(), 503, "{uri}");
+            let body =
+                String::from_utf8(to_bytes(response.into_body()).await.unwrap().to_vec()).unwrap();
+            assert!(
+                body.contains("the worker stopped: store gone"),
+                "{uri}: {body}"
+            );
+        }
     }
 
     #[actix_rt::test]
