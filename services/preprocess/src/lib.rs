@@ -1,28 +1,34 @@
 //! The preprocess service: turns each raw shard into a ready shard (decoded,
 //! resized to `size_px` square, contrast-equalised with CLAHE) under
 //! `datasets/{id}/ready/{size}px/{split}/shard-{n:05}.parquet`, announces it
-//! on `chexvision.shards.ready`, and announces `DatasetReady` on
-//! `chexvision.datasets` once every shard of the dataset's manifest is ready.
+//! on `chexvision.shards.ready`, and once every shard of the dataset's
+//! manifest is ready writes the ready manifest
+//! (`datasets/{id}/ready/{size}px/manifest.json`: ready shards, rows, label
+//! counts) and announces `DatasetReady` on `chexvision.datasets`.
 //!
-//! Idempotent: each ready shard is recorded with the sha256 of the raw shard
-//! it came from, so a redelivered event does no work and announces nothing;
-//! `DatasetReady` is recorded too. A corrupt image is set aside with its
-//! reason; the rest of its shard is kept.
+//! Idempotent: each ready shard is recorded under a name that holds the
+//! sha256 of the raw shard it came from, so a redelivered event does no work
+//! and announces nothing, and completeness is one listing whatever the
+//! dataset's size. `DatasetReady` is recorded too. A corrupt image is set
+//! aside with its reason; the rest of its shard is kept.
 
 pub mod service;
 pub mod settings;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeSet, sync::Arc};
 
 use bytes::Bytes;
 use chexvision_bus::{publish_event, Bus, BusError};
 use chexvision_config::Topics;
 use chexvision_dataset::{
-    dataset_ready_key, manifest_key, raw_shard_key, read_shard, ready_shard_key, write_shard,
-    ImageFormat, Manifest, RejectedImage, ShardOptions, ShardRow, Split,
+    dataset_ready_key, is_valid_id, manifest_key, raw_shard_key, read_shard, ready_manifest_key,
+    ready_shard_key, write_shard, ImageFormat, LabelSet, Manifest, ManifestShard, ReadyManifest,
+    RejectedImage, ShardOptions, ShardRow, Split,
 };
-use chexvision_events::{DatasetReady, Envelope, ObjectRef, ShardStage, ShardWritten};
-use chexvision_store::{sha256_hex, ObjectStore, StoreError};
+use chexvision_events::{
+    DatasetIngested, DatasetReady, Envelope, ObjectRef, ShardStage, ShardWritten,
+};
+use chexvision_store::{get_json, put_json, sha256_hex, ObjectStore, StoreError};
 use chexvision_vision::{clahe, decode_gray8, resize_gray8, DecodeLimits, ResizeFilter};
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +72,9 @@ pub struct ReadyShard {
     pub sha256: String,
     pub size_bytes: u64,
     pub rows: u64,
+    /// Label bits of each ready row, for the ready manifest's counts.
+    #[serde(default)]
+    pub label_bits: Vec<u16>,
     pub rejected: Vec<RejectedImage>,
 }
 
@@ -76,8 +85,26 @@ pub enum ShardOutcome {
     Skipped(ReadyShard),
 }
 
-fn state_key(dataset_id: &str, size_px: u32, split: &str, index: u32) -> String {
-    format!("datasets/{dataset_id}/ready/{size_px}px/state/{split}-{index:05}.json")
+/// Folder of the per-shard records at `size_px`.
+pub fn shard_state_prefix(dataset_id: &str, size_px: u32) -> String {
+    format!("datasets/{dataset_id}/ready/{size_px}px/state/")
+}
+
+/// The record that a raw shard (known by its sha256) is ready. The raw
+/// shard's hash is in the name, so one listing of [`shard_state_prefix`]
+/// tells which shards of a manifest are ready, without reading any record.
+pub fn shard_state_key(
+    dataset_id: &str,
+    size_px: u32,
+    split: &str,
+    index: u32,
+    raw_sha256: &str,
+) -> String {
+    let short = &raw_sha256[..raw_sha256.len().min(16)];
+    format!(
+        "{}{split}-{index:05}-{short}.json",
+        shard_state_prefix(dataset_id, size_px)
+    )
 }
 
 /// Decodes, resizes and equalises one image; returns the stored bytes.
@@ -215,32 +242,20 @@ pub struct Preprocess {
     pub settings: PreprocessSettings,
 }
 
+/// A dataset whose every raw shard is ready, not yet announced.
+#[derive(Debug)]
+pub struct Complete {
+    pub manifest: Manifest,
+    pub manifest_sha256: String,
+    pub manifest_size: u64,
+}
+
 impl Preprocess {
-    async fn get_json<T: for<'de> Deserialize<'de>>(
+    async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
     ) -> Result<Option<T>, PreprocessError> {
-        match self.store.get(key).await {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| PreprocessError::Shard {
-                        key: key.to_owned(),
-                        detail: format!("unreadable JSON: {e}"),
-                    })
-            }
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn put_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), PreprocessError> {
-        let json = serde_json::to_vec_pretty(value).map_err(|e| PreprocessError::Shard {
-            key: key.to_owned(),
-            detail: e.to_string(),
-        })?;
-        self.store.put(key, Bytes::from(json)).await?;
-        Ok(())
+        Ok(get_json(self.store.as_ref(), key).await?)
     }
 
     /// Makes the ready shard of one raw shard announcement.
@@ -260,84 +275,72 @@ impl Preprocess {
         let shard_ref = raw
             .shard
             .as_ref()
-            .filter(|s| !s.sha256.is_empty())
-            .ok_or_else(|| PreprocessError::BadEvent("no shard sha256".into()))?;
-        if raw.dataset_id.is_empty() || raw.dataset_id.contains('/') {
+            .filter(|s| is_sha256_hex(&s.sha256))
+            .ok_or_else(|| PreprocessError::BadEvent("no valid shard sha256".into()))?;
+        if !is_valid_id(&raw.dataset_id) {
             return Err(PreprocessError::BadEvent(format!(
                 "invalid dataset id `{}`",
                 raw.dataset_id
             )));
         }
+        if raw.shard_index > MAX_SHARD_INDEX {
+            return Err(PreprocessError::BadEvent(format!(
+                "shard index {} is above the limit of {MAX_SHARD_INDEX}",
+                raw.shard_index
+            )));
+        }
         let size = self.settings.size_px;
-        let state = state_key(&raw.dataset_id, size, split.name(), raw.shard_index);
+        let state = shard_state_key(
+            &raw.dataset_id,
+            size,
+            split.name(),
+            raw.shard_index,
+            &shard_ref.sha256,
+        );
         if let Some(done) = self.get_json::<ReadyShard>(&state).await? {
             if done.raw_sha256 == shard_ref.sha256 {
                 return Ok(ShardOutcome::Skipped(done));
             }
         }
         let source_key = raw_shard_key(&raw.dataset_id, split, raw.shard_index);
-        let bytes = self.store.get(&source_key).await?;
-        let found = sha256_hex(&bytes);
-        if found != shard_ref.sha256 {
-            return Err(PreprocessError::Stale {
-                key: source_key,
-                found,
-                expected: shard_ref.sha256.clone(),
-            });
+        let head = self.store.head(&source_key).await?;
+        if head.size > self.settings.max_shard_bytes {
+            return Err(PreprocessError::BadEvent(format!(
+                "raw shard {source_key} holds {} bytes, above service.max_shard_bytes ({})",
+                head.size, self.settings.max_shard_bytes
+            )));
         }
-        let key = ready_shard_key(&raw.dataset_id, size, split, raw.shard_index);
+        let bytes = self.store.get(&source_key).await?;
         let settings = self.settings.clone();
         let dataset_id = raw.dataset_id.clone();
+        let expected = shard_ref.sha256.clone();
         let shard_error = |detail: String| PreprocessError::Shard {
             key: source_key.clone(),
             detail,
         };
-        let (encoded, rows, rejected) = tokio::task::spawn_blocking(move || {
-            let reader = read_shard(bytes).map_err(|e| e.to_string())?;
-            let synthetic = reader
-                .metadata()
-                .iter()
-                .find(|(k, _)| k == "chexvision.synthetic")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_else(|| "false".into());
-            let rows: Vec<ShardRow> = reader
-                .collect::<Result<_, _>>()
-                .map_err(|e| e.to_string())?;
-            let (ready, rejected) = prepare_rows(rows, &settings);
-            let count = ready.len() as u64;
-            if ready.is_empty() {
-                return Ok((None, 0, rejected));
+        let key = ready_shard_key(&raw.dataset_id, size, split, raw.shard_index);
+        let prepared = tokio::task::spawn_blocking(move || {
+            // Hashing and decoding a shard of 64 MB are CPU work: here, not
+            // on the async threads.
+            let found = sha256_hex(&bytes);
+            if found != expected {
+                return Err(Err(found));
             }
-            let options = ShardOptions {
-                row_group_rows: settings.row_group_rows as usize,
-                metadata: vec![
-                    ("chexvision.dataset_id".into(), dataset_id),
-                    ("chexvision.stage".into(), "ready".into()),
-                    (
-                        "chexvision.image_size_px".into(),
-                        settings.size_px.to_string(),
-                    ),
-                    (
-                        "chexvision.ready_format".into(),
-                        settings.ready_format.name().into(),
-                    ),
-                    (
-                        "chexvision.clahe".into(),
-                        format!(
-                            "clip {} tiles {}x{}",
-                            settings.clahe_clip_limit, settings.clahe_tiles, settings.clahe_tiles
-                        ),
-                    ),
-                    ("chexvision.synthetic".into(), synthetic),
-                ],
-                ..ShardOptions::default()
-            };
-            let encoded = write_shard(&ready, &options).map_err(|e| e.to_string())?;
-            Ok::<_, String>((Some(encoded), count, rejected))
+            prepare_shard(bytes, &settings, dataset_id).map_err(Ok)
         })
         .await
-        .map_err(|e| shard_error(e.to_string()))?
-        .map_err(shard_error)?;
+        .map_err(|e| shard_error(e.to_string()))?;
+        let (encoded, label_bits, rejected) = match prepared {
+            Ok(prepared) => prepared,
+            Err(Err(found)) => {
+                return Err(PreprocessError::Stale {
+                    key: source_key,
+                    found,
+                    expected: shard_ref.sha256.clone(),
+                })
+            }
+            Err(Ok(detail)) => return Err(shard_error(detail)),
+        };
 
         let mut done = ReadyShard {
             split: split.name().to_owned(),
@@ -347,7 +350,8 @@ impl Preprocess {
             uri: String::new(),
             sha256: String::new(),
             size_bytes: 0,
-            rows,
+            rows: label_bits.len() as u64,
+            label_bits,
             rejected,
         };
         if let Some(encoded) = encoded {
@@ -369,10 +373,7 @@ impl Preprocess {
                 image_size_px: size,
                 manifest: raw.manifest.clone(),
             };
-            let event = match cause {
-                Some(cause) => Envelope::caused_by(cause, body, PRODUCER),
-                None => Envelope::new(body, PRODUCER),
-            };
+            let event = Envelope::follow(cause, body, PRODUCER);
             publish_event(
                 self.bus.as_ref(),
                 &self.topics.shards_ready,
@@ -381,18 +382,23 @@ impl Preprocess {
             )
             .await?;
         }
-        self.put_json(&state, &done).await?;
+        put_json(self.store.as_ref(), &state, &done).await?;
         Ok(ShardOutcome::Written(done))
     }
 
-    /// Announces `DatasetReady` when the manifest exists and every shard of it
-    /// is ready (from the raw shard the manifest names). Returns the event's
-    /// body when this call announced it.
-    pub async fn check_complete(
+    /// Whether every shard of the dataset's manifest is ready and the
+    /// dataset not yet announced for that manifest. A fixed number of
+    /// requests whatever the dataset's size: the manifest, the ready marker
+    /// and one listing of the shard records.
+    pub async fn completeness(
         &self,
         dataset_id: &str,
-        cause: Option<&Envelope>,
-    ) -> Result<Option<DatasetReady>, PreprocessError> {
+    ) -> Result<Option<Complete>, PreprocessError> {
+        if !is_valid_id(dataset_id) {
+            return Err(PreprocessError::BadEvent(format!(
+                "invalid dataset id `{dataset_id}`"
+            )));
+        }
         let manifest_key = manifest_key(dataset_id);
         let manifest_bytes = match self.store.get(&manifest_key).await {
             Ok(bytes) => bytes,
@@ -407,38 +413,107 @@ impl Preprocess {
         let manifest_sha = sha256_hex(&manifest_bytes);
         let size = self.settings.size_px;
         let marker = dataset_ready_key(dataset_id, size);
-        if let Some(previous) = self.get_json::<ObjectRefRecord>(&marker).await? {
+        if let Some(previous) = self.get_json::<ReadyMarker>(&marker).await? {
             if previous.manifest_sha256 == manifest_sha {
                 return Ok(None);
             }
         }
-        let mut rows_per_split: BTreeMap<String, u64> = BTreeMap::new();
-        for shard in &manifest.shards {
-            let state = state_key(dataset_id, size, &shard.split, shard.index);
+        let present: BTreeSet<String> = self
+            .store
+            .list(&shard_state_prefix(dataset_id, size))
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        let all_ready = manifest.shards.iter().all(|shard| {
+            present.contains(&shard_state_key(
+                dataset_id,
+                size,
+                &shard.split,
+                shard.index,
+                &shard.sha256,
+            ))
+        });
+        Ok(all_ready.then(|| Complete {
+            manifest,
+            manifest_sha256: manifest_sha,
+            manifest_size: manifest_bytes.len() as u64,
+        }))
+    }
+
+    /// When the dataset is complete and not yet announced: writes the ready
+    /// manifest (reading each shard's record once), announces
+    /// `DatasetReady` and records the announcement. Returns the event's body
+    /// when this call announced it.
+    ///
+    /// Called by the CLI, and in the service only for `DatasetIngested`
+    /// records, which are keyed by dataset id: the one replica that owns
+    /// that partition announces, so two replicas do not both announce.
+    pub async fn announce_if_complete(
+        &self,
+        dataset_id: &str,
+        cause: Option<&Envelope>,
+    ) -> Result<Option<DatasetReady>, PreprocessError> {
+        let Some(complete) = self.completeness(dataset_id).await? else {
+            return Ok(None);
+        };
+        let size = self.settings.size_px;
+        let raw = &complete.manifest;
+        let mut ready = ReadyManifest {
+            image_size_px: size,
+            raw_manifest_sha256: complete.manifest_sha256.clone(),
+            manifest: Manifest::new(dataset_id, raw.synthetic, raw.source.clone()),
+        };
+        for shard in &raw.shards {
+            let state = shard_state_key(dataset_id, size, &shard.split, shard.index, &shard.sha256);
             let Some(done) = self.get_json::<ReadyShard>(&state).await? else {
+                // Deleted between the listing and now: not complete after all.
                 return Ok(None);
             };
-            if done.raw_sha256 != shard.sha256 {
-                return Ok(None);
+            let split = Split::from_name(&done.split).ok_or_else(|| PreprocessError::Shard {
+                key: state.clone(),
+                detail: format!("unknown split `{}`", done.split),
+            })?;
+            for bits in &done.label_bits {
+                ready.manifest.count_row(split, LabelSet::from_bits(*bits));
             }
-            *rows_per_split.entry(shard.split.clone()).or_default() += done.rows;
+            for rejected in &done.rejected {
+                ready.manifest.reject(&rejected.image, &rejected.reason);
+            }
+            if !done.sha256.is_empty() {
+                ready.manifest.shards.push(ManifestShard {
+                    key: done.key.clone(),
+                    uri: done.uri.clone(),
+                    split: done.split.clone(),
+                    index: done.index,
+                    sha256: done.sha256.clone(),
+                    size_bytes: done.size_bytes,
+                    rows: done.rows,
+                });
+            }
         }
+        ready.manifest.rejected.sort();
+        let ready_key = ready_manifest_key(dataset_id, size);
+        let receipt = put_json(self.store.as_ref(), &ready_key, &ready).await?;
+        let manifest_key = manifest_key(dataset_id);
         let body = DatasetReady {
             dataset_id: dataset_id.to_owned(),
             manifest: Some(ObjectRef {
                 uri: self.store.uri(&manifest_key),
-                sha256: manifest_sha.clone(),
-                size_bytes: manifest_bytes.len() as u64,
+                sha256: complete.manifest_sha256.clone(),
+                size_bytes: complete.manifest_size,
             }),
             image_size_px: size,
-            shard_count: u32::try_from(manifest.shards.len()).unwrap_or(u32::MAX),
-            rows_per_split: rows_per_split.into_iter().collect(),
-            synthetic: manifest.synthetic,
+            shard_count: u32::try_from(ready.manifest.shards.len()).unwrap_or(u32::MAX),
+            rows_per_split: ready.manifest.rows_per_split.clone().into_iter().collect(),
+            synthetic: raw.synthetic,
+            ready_manifest: Some(ObjectRef {
+                uri: receipt.uri,
+                sha256: receipt.sha256,
+                size_bytes: receipt.size,
+            }),
         };
-        let event = match cause {
-            Some(cause) => Envelope::caused_by(cause, body.clone(), PRODUCER),
-            None => Envelope::new(body.clone(), PRODUCER),
-        };
+        let event = Envelope::follow(cause, body.clone(), PRODUCER);
         publish_event(
             self.bus.as_ref(),
             &self.topics.datasets,
@@ -446,14 +521,51 @@ impl Preprocess {
             &event,
         )
         .await?;
-        self.put_json(
-            &marker,
-            &ObjectRefRecord {
-                manifest_sha256: manifest_sha,
+        put_json(
+            self.store.as_ref(),
+            &dataset_ready_key(dataset_id, size),
+            &ReadyMarker {
+                manifest_sha256: complete.manifest_sha256,
             },
         )
         .await?;
         Ok(Some(body))
+    }
+
+    /// Hands the announcement of a complete dataset to the replica that
+    /// owns its partition: a `DatasetIngested` for it, keyed by dataset id,
+    /// on the raw shards topic (ingest sends the first one; this one follows
+    /// the last shard to be ready). Returns whether the dataset was complete.
+    pub async fn hand_over_if_complete(
+        &self,
+        dataset_id: &str,
+        cause: Option<&Envelope>,
+    ) -> Result<bool, PreprocessError> {
+        let Some(complete) = self.completeness(dataset_id).await? else {
+            return Ok(false);
+        };
+        let raw = &complete.manifest;
+        let body = DatasetIngested {
+            dataset_id: dataset_id.to_owned(),
+            manifest: Some(ObjectRef {
+                uri: self.store.uri(&manifest_key(dataset_id)),
+                sha256: complete.manifest_sha256.clone(),
+                size_bytes: complete.manifest_size,
+            }),
+            shard_count: u32::try_from(raw.shards.len()).unwrap_or(u32::MAX),
+            rows_per_split: raw.rows_per_split.clone().into_iter().collect(),
+            rejected_count: raw.rejected_total,
+            synthetic: raw.synthetic,
+        };
+        let event = Envelope::follow(cause, body, PRODUCER);
+        publish_event(
+            self.bus.as_ref(),
+            &self.topics.shards_raw,
+            dataset_id,
+            &event,
+        )
+        .await?;
+        Ok(true)
     }
 
     /// Preprocesses every shard of a dataset's manifest (the CLI's path),
@@ -490,14 +602,80 @@ impl Preprocess {
             outcomes.push(self.process_raw_shard(&event, None).await?);
             progress(done + 1, manifest.shards.len());
         }
-        let ready = self.check_complete(dataset_id, None).await?;
+        let ready = self.announce_if_complete(dataset_id, None).await?;
         Ok((outcomes, ready))
     }
 }
 
-/// The record that `DatasetReady` was announced for a manifest.
+/// Reads a raw shard, prepares its images (on all cores) and encodes the
+/// ready shard: `None` when every image was rejected.
+type PreparedShard = (Option<Vec<u8>>, Vec<u16>, Vec<RejectedImage>);
+
+fn prepare_shard(
+    bytes: Bytes,
+    settings: &PreprocessSettings,
+    dataset_id: String,
+) -> Result<PreparedShard, String> {
+    let reader = read_shard(bytes).map_err(|e| e.to_string())?;
+    let synthetic = reader
+        .metadata()
+        .iter()
+        .find(|(k, _)| k == "chexvision.synthetic")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| "false".into());
+    let rows: Vec<ShardRow> = reader
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    if rows.len() as u64 > u64::from(settings.max_shard_rows) {
+        return Err(format!(
+            "{} rows, above service.max_shard_rows ({})",
+            rows.len(),
+            settings.max_shard_rows
+        ));
+    }
+    let (ready, rejected) = prepare_rows(rows, settings);
+    let label_bits: Vec<u16> = ready.iter().map(|r| r.labels.bits()).collect();
+    if ready.is_empty() {
+        return Ok((None, label_bits, rejected));
+    }
+    let options = ShardOptions {
+        row_group_rows: settings.row_group_rows as usize,
+        metadata: vec![
+            ("chexvision.dataset_id".into(), dataset_id),
+            ("chexvision.stage".into(), "ready".into()),
+            (
+                "chexvision.image_size_px".into(),
+                settings.size_px.to_string(),
+            ),
+            (
+                "chexvision.ready_format".into(),
+                settings.ready_format.name().into(),
+            ),
+            (
+                "chexvision.clahe".into(),
+                format!(
+                    "clip {} tiles {}x{}",
+                    settings.clahe_clip_limit, settings.clahe_tiles, settings.clahe_tiles
+                ),
+            ),
+            ("chexvision.synthetic".into(), synthetic),
+        ],
+        ..ShardOptions::default()
+    };
+    let encoded = write_shard(&ready, &options).map_err(|e| e.to_string())?;
+    Ok((Some(encoded), label_bits, rejected))
+}
+
+/// Highest shard index an event may name (NIH at 64 MB shards has ~650).
+pub const MAX_SHARD_INDEX: u32 = 99_999;
+
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `dataset-ready.json`: `DatasetReady` was announced for this manifest.
 #[derive(Debug, Serialize, Deserialize)]
-struct ObjectRefRecord {
+struct ReadyMarker {
     manifest_sha256: String,
 }
 

@@ -1,8 +1,8 @@
 //! The service side: raw shard announcements and dataset completions.
 
 use async_trait::async_trait;
-use chexvision_bus::{Delivery, Handler, HandlerError};
-use chexvision_events::{Body, Envelope};
+use chexvision_bus::{decode_event, Delivery, Handler, HandlerError};
+use chexvision_events::Body;
 use prometheus::{IntCounterVec, Opts, Registry};
 
 use crate::{Preprocess, PreprocessError, ShardOutcome};
@@ -71,9 +71,8 @@ fn handler_error(error: PreprocessError) -> HandlerError {
 #[async_trait]
 impl Handler for PreprocessHandler {
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
-        let envelope = Envelope::decode_checked(&delivery.payload)
-            .map_err(|e| HandlerError::Malformed(e.to_string()))?;
-        let dataset_id = match &envelope.body {
+        let envelope = decode_event(delivery, &self.preprocess.topics)?;
+        match &envelope.body {
             Some(Body::ShardWritten(raw)) => {
                 let outcome = self
                     .preprocess
@@ -97,26 +96,31 @@ impl Handler for PreprocessHandler {
                             .inc_by(shard.rejected.len() as u64);
                     }
                 }
-                raw.dataset_id.clone()
+                // The announcement is the dataset partition owner's job.
+                self.preprocess
+                    .hand_over_if_complete(&raw.dataset_id, Some(&envelope))
+                    .await
+                    .map_err(handler_error)?;
             }
-            Some(Body::DatasetIngested(done)) => done.dataset_id.clone(),
+            Some(Body::DatasetIngested(done)) => {
+                let ready = self
+                    .preprocess
+                    .announce_if_complete(&done.dataset_id, Some(&envelope))
+                    .await
+                    .map_err(handler_error)?;
+                if let (Some(ready), Some(metrics)) = (ready, &self.metrics) {
+                    metrics
+                        .datasets
+                        .with_label_values(&[&ready.image_size_px.to_string()])
+                        .inc();
+                }
+            }
             other => {
                 return Err(HandlerError::Malformed(format!(
                     "expected a raw shard or a dataset completion, got {:?}",
                     other.as_ref().map(Body::kind)
                 )))
             }
-        };
-        let ready = self
-            .preprocess
-            .check_complete(&dataset_id, Some(&envelope))
-            .await
-            .map_err(handler_error)?;
-        if let (Some(ready), Some(metrics)) = (ready, &self.metrics) {
-            metrics
-                .datasets
-                .with_label_values(&[&ready.image_size_px.to_string()])
-                .inc();
         }
         Ok(())
     }

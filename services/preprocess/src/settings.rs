@@ -37,6 +37,11 @@ pub struct PreprocessSettings {
     /// Encoded images larger than this are rejected.
     pub max_image_bytes: u64,
     pub row_group_rows: u32,
+    /// A raw shard larger than this (bytes) is refused before it is read:
+    /// a whole shard is held in memory while it is prepared.
+    pub max_shard_bytes: u64,
+    /// A raw shard with more rows than this is refused.
+    pub max_shard_rows: u32,
     /// Consumer group of the service.
     pub group: String,
 }
@@ -51,6 +56,8 @@ impl Default for PreprocessSettings {
             max_image_pixels: 50_000_000,
             max_image_bytes: 64 * 1024 * 1024,
             row_group_rows: 64,
+            max_shard_bytes: 512 * 1024 * 1024,
+            max_shard_rows: 65_536,
             group: "chexvision-preprocess".into(),
         }
     }
@@ -92,6 +99,16 @@ impl Validate for PreprocessSettings {
         check(
             self.row_group_rows > 0,
             "row_group_rows",
+            "must be at least 1",
+        );
+        check(
+            self.max_shard_bytes >= 1024,
+            "max_shard_bytes",
+            "must be at least 1024",
+        );
+        check(
+            self.max_shard_rows > 0,
+            "max_shard_rows",
             "must be at least 1",
         );
         check(!self.group.is_empty(), "group", "must not be empty");

@@ -27,6 +27,13 @@ pub fn dataset_ready_key(dataset_id: &str, size_px: u32) -> String {
     format!("datasets/{dataset_id}/ready/{size_px}px/dataset-ready.json")
 }
 
+/// The ready manifest: the ready shards at `size_px` with their rows, sha256
+/// and label counts. Written by preprocess when the last shard is ready;
+/// the trainer plans a run from it alone.
+pub fn ready_manifest_key(dataset_id: &str, size_px: u32) -> String {
+    format!("datasets/{dataset_id}/ready/{size_px}px/manifest.json")
+}
+
 /// Dataset and run ids: one key segment of 1 to 128 characters from
 /// `[A-Za-z0-9._-]`, not starting with a dot.
 pub fn is_valid_id(id: &str) -> bool {
@@ -56,6 +63,10 @@ mod tests {
         assert_eq!(
             dataset_ready_key("d", 64),
             "datasets/d/ready/64px/dataset-ready.json"
+        );
+        assert_eq!(
+            ready_manifest_key("d", 64),
+            "datasets/d/ready/64px/manifest.json"
         );
     }
 

@@ -14,11 +14,14 @@ mod split;
 
 pub use hf::{patient_from_filename, read_hf_parquet, HfItem, HfReader, HfRow};
 pub use image_header::{probe_image, ImageFormat, ImageHeaderError, ImageInfo, MAX_EDGE};
-pub use keys::{dataset_ready_key, is_valid_id, manifest_key, raw_shard_key, ready_shard_key};
+pub use keys::{
+    dataset_ready_key, is_valid_id, manifest_key, raw_shard_key, ready_manifest_key,
+    ready_shard_key,
+};
 pub use labels::{LabelError, LabelSet, LABELS, NO_FINDING};
 pub use layout::{is_image_name, LayoutError, NihLayout, SYNTHETIC_MARKER};
 pub use manifest::{
-    Manifest, ManifestShard, ManifestSource, RejectedImage, MANIFEST_FORMAT_VERSION,
+    Manifest, ManifestShard, ManifestSource, ReadyManifest, RejectedImage, MANIFEST_FORMAT_VERSION,
 };
 pub use nih::{read_nih_metadata, NihError, NihMetadata, NihRecord, RejectedRow};
 pub use shard::{

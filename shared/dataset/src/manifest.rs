@@ -117,6 +117,21 @@ impl Manifest {
     }
 }
 
+/// `datasets/{id}/ready/{size}px/manifest.json`: the dataset as the trainer
+/// sees it. Its shards are the ready shards (a raw shard whose every image
+/// was rejected has none); its rows and label counts are those of the ready
+/// rows; `rejected` lists what preprocess set aside (ingest's rejections
+/// stay in the raw manifest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadyManifest {
+    pub image_size_px: u32,
+    /// sha256 of the raw manifest (`datasets/{id}/manifest.json`) the
+    /// shards were prepared from.
+    pub raw_manifest_sha256: String,
+    #[serde(flatten)]
+    pub manifest: Manifest,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
