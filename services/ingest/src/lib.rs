@@ -25,7 +25,7 @@ use chexvision_dataset::{
     ManifestSource, RejectedImage, ShardOptions, ShardRow, Split,
 };
 use chexvision_events::{DatasetIngested, Envelope, ObjectRef, ShardStage, ShardWritten};
-use chexvision_store::{ObjectStore, StoreError};
+use chexvision_store::{get_json, put_json, ObjectStore, StoreError};
 use futures::{stream, StreamExt};
 use tokio::sync::{Mutex, Semaphore};
 
@@ -114,6 +114,16 @@ pub fn validate_dataset_id(id: &str) -> Result<(), IngestError> {
 
 pub fn state_key(dataset_id: &str) -> String {
     format!("datasets/{dataset_id}/ingest/state.json")
+}
+
+/// Folder of the finished-shard records of a dataset's ingest.
+pub fn shard_state_prefix(dataset_id: &str) -> String {
+    format!("datasets/{dataset_id}/ingest/shards/")
+}
+
+/// The record that one shard (by its key) is finished.
+pub fn shard_state_key(dataset_id: &str, split: &str, index: u32) -> String {
+    format!("{}{split}-{index:05}.json", shard_state_prefix(dataset_id))
 }
 
 /// The ingest pipeline over one store and bus.
@@ -324,24 +334,41 @@ impl Ingest {
         fingerprint: &Fingerprint,
     ) -> Result<IngestState, IngestError> {
         let key = state_key(dataset_id);
-        match self.store.get(&key).await {
-            Ok(bytes) => {
-                let state: IngestState =
-                    serde_json::from_slice(&bytes).map_err(|e| IngestError::State {
-                        key: key.clone(),
-                        detail: e.to_string(),
-                    })?;
-                if &state.fingerprint != fingerprint {
-                    return Err(IngestError::Conflict {
-                        dataset_id: dataset_id.to_owned(),
-                        existing: state.fingerprint.source_uri,
-                    });
-                }
-                Ok(state)
-            }
-            Err(e) if e.is_not_found() => Ok(IngestState::new(fingerprint.clone())),
-            Err(e) => Err(e.into()),
+        let state_error = |key: &str, e: StoreError| match e {
+            StoreError::Decode { detail, .. } => IngestError::State {
+                key: key.to_owned(),
+                detail,
+            },
+            other => IngestError::Store(other),
+        };
+        let Some(mut state) = get_json::<IngestState>(self.store.as_ref(), &key)
+            .await
+            .map_err(|e| state_error(&key, e))?
+        else {
+            let state = IngestState::new(fingerprint.clone());
+            put_json(self.store.as_ref(), &key, &state).await?;
+            return Ok(state);
+        };
+        if &state.fingerprint != fingerprint {
+            return Err(IngestError::Conflict {
+                dataset_id: dataset_id.to_owned(),
+                existing: state.fingerprint.source_uri,
+            });
         }
+        // One listing and one read per finished shard, once per run.
+        let records = self.store.list(&shard_state_prefix(dataset_id)).await?;
+        for record in records {
+            if let Some(done) = get_json::<DoneShard>(self.store.as_ref(), &record.key)
+                .await
+                .map_err(|e| state_error(&record.key, e))?
+            {
+                let split = Split::from_name(&done.split).unwrap_or(Split::Train);
+                state
+                    .shards
+                    .insert(raw_shard_key(dataset_id, split, done.index), done);
+            }
+        }
+        Ok(state)
     }
 
     async fn finish_manifest(
@@ -445,10 +472,7 @@ impl Run {
             rejected_count: manifest.rejected_total,
             synthetic: manifest.synthetic,
         };
-        let event = match &self.cause {
-            Some(cause) => Envelope::caused_by(cause, body, PRODUCER),
-            None => Envelope::new(body, PRODUCER),
-        };
+        let event = Envelope::follow(self.cause.as_ref(), body, PRODUCER);
         publish_event(
             self.ingest.bus.as_ref(),
             &self.ingest.topics.shards_raw,
@@ -462,14 +486,12 @@ impl Run {
     }
 
     async fn save_state(&self, state: &IngestState) -> Result<(), IngestError> {
-        let json = serde_json::to_vec(state).map_err(|e| IngestError::State {
-            key: state_key(&self.dataset_id),
-            detail: e.to_string(),
-        })?;
-        self.ingest
-            .store
-            .put(&state_key(&self.dataset_id), Bytes::from(json))
-            .await?;
+        put_json(
+            self.ingest.store.as_ref(),
+            &state_key(&self.dataset_id),
+            state,
+        )
+        .await?;
         Ok(())
     }
 
@@ -535,9 +557,17 @@ impl Run {
             done.uri = receipt.uri.clone();
             self.announce(split, &done).await?;
         }
-        let mut state = self.state.lock().await;
-        state.shards.insert(key.to_owned(), done.clone());
-        self.save_state(&state).await?;
+        put_json(
+            self.ingest.store.as_ref(),
+            &shard_state_key(&self.dataset_id, split.name(), shard.index),
+            &done,
+        )
+        .await?;
+        self.state
+            .lock()
+            .await
+            .shards
+            .insert(key.to_owned(), done.clone());
         Ok(ShardOutcome::Written(done))
     }
 
@@ -561,10 +591,7 @@ impl Run {
                 size_bytes: 0,
             }),
         };
-        let event = match &self.cause {
-            Some(cause) => Envelope::caused_by(cause, body, PRODUCER),
-            None => Envelope::new(body, PRODUCER),
-        };
+        let event = Envelope::follow(self.cause.as_ref(), body, PRODUCER);
         publish_event(
             self.ingest.bus.as_ref(),
             &self.ingest.topics.shards_raw,

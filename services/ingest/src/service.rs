@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chexvision_bus::{Delivery, Handler, HandlerError};
+use chexvision_bus::{decode_event, Delivery, Handler, HandlerError};
 use chexvision_config::S3Settings;
-use chexvision_events::{Body, Envelope, SourceFormat as ProtoSourceFormat};
+use chexvision_events::{Body, SourceFormat as ProtoSourceFormat};
 use chexvision_synth::SynthConfig;
 
 use crate::{metrics::IngestMetrics, Ingest, IngestError, Progress, Source};
@@ -22,12 +22,18 @@ impl IngestHandler {
         request: &chexvision_events::IngestRequested,
     ) -> Result<Source, HandlerError> {
         match ProtoSourceFormat::try_from(request.source_format) {
-            Ok(ProtoSourceFormat::Synthetic) => Source::synthetic(SynthConfig {
-                rows: request.synthetic_rows as usize,
-                size_px: request.synthetic_size_px,
-                seed: request.synthetic_seed,
-            })
-            .map_err(|e| HandlerError::Malformed(e.to_string())),
+            Ok(ProtoSourceFormat::Synthetic) => {
+                self.ingest
+                    .settings
+                    .check_synthetic(request.synthetic_rows, request.synthetic_size_px)
+                    .map_err(HandlerError::Malformed)?;
+                Source::synthetic(SynthConfig {
+                    rows: request.synthetic_rows as usize,
+                    size_px: request.synthetic_size_px,
+                    seed: request.synthetic_seed,
+                })
+                .map_err(|e| HandlerError::Malformed(e.to_string()))
+            }
             Ok(ProtoSourceFormat::Nih | ProtoSourceFormat::Parquet) => {
                 if request.source_uri.is_empty() {
                     return Err(HandlerError::Malformed("source_uri is empty".into()));
@@ -48,8 +54,7 @@ impl IngestHandler {
 #[async_trait]
 impl Handler for IngestHandler {
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
-        let envelope = Envelope::decode_checked(&delivery.payload)
-            .map_err(|e| HandlerError::Malformed(e.to_string()))?;
+        let envelope = decode_event(delivery, &self.ingest.topics)?;
         let Some(Body::IngestRequested(request)) = &envelope.body else {
             return Err(HandlerError::Malformed(format!(
                 "expected an ingest request, got {:?}",
@@ -58,14 +63,13 @@ impl Handler for IngestHandler {
         };
         crate::validate_dataset_id(&request.dataset_id)
             .map_err(|e| HandlerError::Malformed(e.to_string()))?;
-        let source = self.source_for(request).await?;
         let mut ingest = self.ingest.clone();
-        if request.shard_target_rows > 0 {
-            ingest.settings.shard_target_rows = request.shard_target_rows;
-        }
-        if request.shard_target_bytes > 0 {
-            ingest.settings.shard_target_bytes = request.shard_target_bytes;
-        }
+        ingest.settings = self
+            .ingest
+            .settings
+            .for_request(request.shard_target_rows, request.shard_target_bytes)
+            .map_err(HandlerError::Malformed)?;
+        let source = self.source_for(request).await?;
         tracing::info!(
             request_id = %request.request_id,
             dataset_id = %request.dataset_id,

@@ -353,22 +353,52 @@ impl SourceHandle {
 async fn open_nih(files: SourceFiles, listing: &[(String, u64)]) -> Result<Source, IngestError> {
     let layout = NihLayout::from_keys(listing.iter().map(|(k, _)| k.as_str()))
         .map_err(|e| IngestError::Source(e.to_string()))?;
-    let sizes: std::collections::HashMap<&str, u64> =
-        listing.iter().map(|(k, s)| (k.as_str(), *s)).collect();
+    let sizes: std::collections::HashMap<String, u64> =
+        listing.iter().map(|(k, s)| (k.clone(), *s)).collect();
     let csv = files.get(&layout.metadata_key).await?;
-    let metadata = read_nih_metadata(csv.as_ref())
-        .map_err(|e| IngestError::Source(format!("{}: {e}", layout.metadata_key)))?;
-    let official = match (&layout.train_val_list_key, &layout.test_list_key) {
+    let lists = match (&layout.train_val_list_key, &layout.test_list_key) {
         (Some(train_val), Some(test)) => {
-            let train_val = files.get(train_val).await?;
-            let test = files.get(test).await?;
-            Some(OfficialSplits::parse(
-                &String::from_utf8_lossy(&train_val),
-                &String::from_utf8_lossy(&test),
-            ))
+            Some((files.get(train_val).await?, files.get(test).await?))
         }
         _ => None,
     };
+    let uri = files.describe();
+    let synthetic = layout.synthetic_marker_key.is_some();
+    // Parsing NIH's 112,120-row CSV and matching it to the files is CPU
+    // work: off the async threads.
+    let (items, rejected) =
+        tokio::task::spawn_blocking(move || nih_plan(&layout, &sizes, &csv, lists))
+            .await
+            .map_err(|e| IngestError::Source(format!("reading the NIH metadata: {e}")))??;
+    Ok(Source {
+        format: SourceFormat::Nih,
+        uri,
+        synthetic,
+        plan: Plan::Nih {
+            files,
+            items,
+            rejected,
+        },
+    })
+}
+
+type NihPlan = (Vec<SourceItem>, Vec<(String, String)>);
+
+/// The items of an NIH folder (in metadata order) and what is set aside.
+fn nih_plan(
+    layout: &NihLayout,
+    sizes: &std::collections::HashMap<String, u64>,
+    csv: &[u8],
+    lists: Option<(Bytes, Bytes)>,
+) -> Result<NihPlan, IngestError> {
+    let metadata = read_nih_metadata(csv)
+        .map_err(|e| IngestError::Source(format!("{}: {e}", layout.metadata_key)))?;
+    let official = lists.map(|(train_val, test)| {
+        OfficialSplits::parse(
+            &String::from_utf8_lossy(&train_val),
+            &String::from_utf8_lossy(&test),
+        )
+    });
     let mut rejected: Vec<(String, String)> = metadata
         .rejected
         .iter()
@@ -411,7 +441,7 @@ async fn open_nih(files: SourceFiles, listing: &[(String, u64)]) -> Result<Sourc
             None => split_for_patient(&record.patient_id),
         };
         items.push(SourceItem {
-            size: sizes.get(key.as_str()).copied().unwrap_or(0),
+            size: sizes.get(key).copied().unwrap_or(0),
             image: ImageRef::File(key.clone()),
             filename: record.image,
             patient_id: record.patient_id,
@@ -437,16 +467,7 @@ async fn open_nih(files: SourceFiles, listing: &[(String, u64)]) -> Result<Sourc
         .map(|name| (name.clone(), "image file not in the metadata".into()))
         .collect();
     rejected.append(&mut unlisted);
-    Ok(Source {
-        format: SourceFormat::Nih,
-        uri: files.describe(),
-        synthetic: layout.synthetic_marker_key.is_some(),
-        plan: Plan::Nih {
-            files,
-            items,
-            rejected,
-        },
-    })
+    Ok((items, rejected))
 }
 
 async fn stream_hf(

@@ -1,6 +1,14 @@
-//! Ingest progress kept in the store (`datasets/{id}/ingest/state.json`), so a
-//! run that was killed resumes where it stopped: a shard recorded here is not
-//! read, written or announced again.
+//! Ingest progress kept in the store, so a run that was killed resumes where
+//! it stopped: a shard recorded here is not read, written or announced again.
+//!
+//! ```text
+//! datasets/{id}/ingest/state.json                  what the run is (fingerprint) and what it announced
+//! datasets/{id}/ingest/shards/{split}-{n:05}.json  one finished shard each
+//! ```
+//!
+//! Each shard adds one small object instead of rewriting one file that grows
+//! with the dataset (tens of MB for NIH after every shard); a resumed run
+//! reads them with one listing.
 //!
 //! A shard is recorded right after it is announced. A kill between the two
 //! can announce the shards in flight (at most `shard_concurrency`) twice;
@@ -12,7 +20,9 @@ use std::collections::BTreeMap;
 use chexvision_dataset::RejectedImage;
 use serde::{Deserialize, Serialize};
 
-pub const STATE_FORMAT_VERSION: u32 = 1;
+/// 2: finished shards in their own objects (1 kept them in `state.json`,
+/// which is still read).
+pub const STATE_FORMAT_VERSION: u32 = 2;
 
 /// What must match for a run to resume another's work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,7 +38,9 @@ pub struct Fingerprint {
 pub struct IngestState {
     pub format_version: u32,
     pub fingerprint: Fingerprint,
-    /// Finished shards by key.
+    /// Finished shards by shard key: in memory, from the per-shard objects
+    /// (format 1 kept them here, in `state.json`).
+    #[serde(default, skip_serializing)]
     pub shards: BTreeMap<String, DoneShard>,
     /// sha256 of the manifest whose `DatasetIngested` was announced.
     #[serde(default)]
