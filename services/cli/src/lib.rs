@@ -20,7 +20,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use chexvision_bus::{Bus, Delivery, OutboundRecord, Subscription, TopicSpec};
 use chexvision_config::{Loader, PlatformConfig, Topics};
-use chexvision_events::{Body, Envelope, EventKind, ShardStage};
+use chexvision_events::{Body, Envelope, EventKind};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Name the CLI writes as `producer` in the events it sends.
@@ -262,20 +262,9 @@ pub fn parse_events(text: &str) -> Result<Vec<Envelope>> {
     Ok(events)
 }
 
-/// The topic an event kind belongs on.
+/// The topic an event kind belongs on (see [`chexvision_bus::home_topic`]).
 pub fn topic_for(event: &Envelope, topics: &Topics) -> Option<String> {
-    let topic = match event.body.as_ref()? {
-        Body::IngestRequested(_) => &topics.ingest_requests,
-        Body::ShardWritten(shard) if shard.stage() == ShardStage::Ready => &topics.shards_ready,
-        Body::ShardWritten(_) | Body::DatasetIngested(_) => &topics.shards_raw,
-        Body::DatasetReady(_) => &topics.datasets,
-        Body::TrainingRequested(_) => &topics.training_requests,
-        Body::CheckpointCreated(_) => &topics.checkpoints,
-        Body::EvaluationCompleted(_) => &topics.evaluations,
-        Body::ModelPromoted(_) => &topics.models_promoted,
-        Body::DeadLetter(_) => &topics.dead_letter,
-    };
-    Some(topic.clone())
+    chexvision_bus::home_topic(event, topics).map(str::to_owned)
 }
 
 /// The record key: the request id for requests (so a repeated request lands on
@@ -424,6 +413,7 @@ pub fn example(kind: ExampleKind) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chexvision_events::ShardStage;
 
     #[test]
     fn examples_are_valid_events_routed_to_their_topics() {

@@ -5,6 +5,10 @@ use std::process::ExitCode;
 use chexvision_config::{LogFormat, LogSettings};
 use clap::Parser;
 
+/// Training programs use mimalloc (see `chexvision_trainer::TrainingAllocator`).
+#[global_allocator]
+static GLOBAL: chexvision_trainer::TrainingAllocator = chexvision_trainer::TrainingAllocator;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = chexvision_cli::Cli::parse();

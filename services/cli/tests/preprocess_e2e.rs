@@ -36,7 +36,7 @@ use chexvision_dataset::{
     manifest_key, read_shard, ready_shard_key, ImageFormat, Manifest, ShardRow, Split,
 };
 use chexvision_events::{Body, DatasetReady, Envelope, ShardStage, ShardWritten};
-use chexvision_preprocess::ReadyShard;
+use chexvision_preprocess::{shard_state_key, ReadyShard};
 use chexvision_store::{sha256_hex, ObjectStore, S3Store};
 
 const IMAGES: usize = 300;
@@ -310,8 +310,9 @@ async fn service_prepares_an_ingested_dataset_once() {
         deadline.tick(&mut service).await;
     }
     let ready_after = started.elapsed();
-    // Everything on the raw topic handled: the shards and the completion.
-    let raw_records = (manifest.shards.len() + 1) as u64;
+    // Everything on the raw topic handled: the shards, ingest's completion
+    // and the hand-over of the announcement after the last shard.
+    let raw_records = (manifest.shards.len() + 2) as u64;
     let shards = manifest.shards.len() as u64;
     wait_until_handled(&mut service, address, &raw_topic, raw_records, 0, shards).await;
     let deadline = Deadline::new("the raw topic read back");
@@ -324,8 +325,14 @@ async fn service_prepares_an_ingested_dataset_once() {
     // Exactly one ready shard per raw shard in S3, and nothing else but the
     // records (state/) and the dataset marker.
     let ready_prefix = format!("datasets/{dataset}/ready/{READY_PX}px/");
-    let state_key =
-        |split: &str, index: u32| format!("{ready_prefix}state/{split}-{index:05}.json");
+    let state_key = |split: &str, index: u32| {
+        let raw = manifest
+            .shards
+            .iter()
+            .find(|s| s.split == split && s.index == index)
+            .unwrap();
+        shard_state_key(&dataset, READY_PX, split, index, &raw.sha256)
+    };
     let (stored, records): (BTreeSet<String>, BTreeSet<String>) = store
         .list(&ready_prefix)
         .await
@@ -348,7 +355,11 @@ async fn service_prepares_an_ingested_dataset_once() {
         .map(|s| state_key(&s.split, s.index))
         .collect();
     expected_records.insert(format!("{ready_prefix}dataset-ready.json"));
-    assert_eq!(records, expected_records, "a record per shard, one marker");
+    expected_records.insert(format!("{ready_prefix}manifest.json"));
+    assert_eq!(
+        records, expected_records,
+        "a record per shard, the ready manifest, one marker"
+    );
 
     let mut ready_sha: BTreeMap<String, (String, u64)> = BTreeMap::new(); // key -> (sha, rows)
     let mut rows_per_split: BTreeMap<String, u64> = BTreeMap::new();
@@ -485,6 +496,20 @@ async fn service_prepares_an_ingested_dataset_once() {
     assert_eq!(manifest_ref.sha256, sha256_hex(&manifest_bytes));
     assert_eq!(manifest_ref.size_bytes, manifest_bytes.len() as u64);
     assert_eq!(manifest_ref.uri, store.uri(&manifest_key(&dataset)));
+    // The ready manifest it names is what the trainer plans from.
+    let ready_ref = done.ready_manifest.as_ref().expect("a ready manifest");
+    let ready_key = chexvision_dataset::ready_manifest_key(&dataset, READY_PX);
+    let ready_bytes = store.get(&ready_key).await.unwrap();
+    assert_eq!(ready_ref.sha256, sha256_hex(&ready_bytes));
+    assert_eq!(ready_ref.uri, store.uri(&ready_key));
+    let ready_manifest: chexvision_dataset::ReadyManifest =
+        serde_json::from_slice(&ready_bytes).unwrap();
+    assert_eq!(ready_manifest.manifest.shards.len(), manifest.shards.len());
+    assert_eq!(
+        ready_manifest.manifest.rejected_total,
+        corrupt.len() as u64,
+        "the images preprocess set aside"
+    );
     assert_eq!(
         done.rows_per_split
             .clone()

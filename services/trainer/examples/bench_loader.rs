@@ -31,6 +31,10 @@ fn image(side: u32, index: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Training programs use mimalloc (see `chexvision_trainer::TrainingAllocator`).
+#[global_allocator]
+static GLOBAL: chexvision_trainer::TrainingAllocator = chexvision_trainer::TrainingAllocator;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [size, images, workers @ ..] = args.as_slice() else {

@@ -23,6 +23,10 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// Training programs use mimalloc (see `chexvision_trainer::TrainingAllocator`).
+#[global_allocator]
+static GLOBAL: chexvision_trainer::TrainingAllocator = chexvision_trainer::TrainingAllocator;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [model, batch, size, steps] = args.as_slice() else {

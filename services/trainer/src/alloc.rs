@@ -1,4 +1,10 @@
-//! The allocator of every program that trains.
+//! The allocator of every program that trains. A library cannot choose a
+//! program's allocator: each training binary declares it,
+//!
+//! ```ignore
+//! #[global_allocator]
+//! static GLOBAL: chexvision_trainer::TrainingAllocator = chexvision_trainer::TrainingAllocator;
+//! ```
 //!
 //! A training step allocates and frees hundreds of large tensors (the
 //! activations kept for the backward pass, their gradients). With glibc's
@@ -9,8 +15,8 @@
 //! returning it to the OS, longer than the gap between two steps
 //! (docs/benchmarks.md: 1.8× on that step).
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// The global allocator of training programs.
+pub use mimalloc::MiMalloc as TrainingAllocator;
 
 /// mimalloc's `mi_option_purge_delay` (the same position in the v2 and v3
 /// option enums; the Rust bindings do not name it).
@@ -21,7 +27,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 const PURGE_DELAY_MS: std::os::raw::c_long = 1000;
 
 /// Sets the purge delay once per process; called when a [`crate::Trainer`]
-/// is built.
+/// is built (no effect on a program with another global allocator).
 pub(crate) fn keep_freed_memory() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {

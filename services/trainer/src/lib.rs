@@ -20,35 +20,49 @@
 //!   bounded prefetch, seeded shuffling across and within shards, decoding
 //!   and augmentation on worker threads, the step's wait for data measured.
 //!
-//! * [`run_training`]: a whole run in the store (`runs/{run_id}/`),
-//!   resumable at any moment; `chexvision train` and the service both call it.
+//! * [`plan`]: what a run reads, from the dataset's ready manifest alone.
+//! * [`run_training`]: a whole run in the store (`runs/{run_id}/`, see
+//!   [`state`]), resumable at any moment; `chexvision train` and the
+//!   service both call it.
+//! * [`limits`]: what a request may ask for, checked before a run is
+//!   accepted and before a stored run resumes.
 //! * [`service`]: the trainer service: training requests from the bus
-//!   become durable runs, trained one at a time, announced as
-//!   `CheckpointCreated`; [`TrainerMetrics`] for Prometheus.
+//!   become durable runs, trained one at a time by the replica holding
+//!   their lease, announced as `CheckpointCreated`; [`TrainerMetrics`] for
+//!   Prometheus.
 
 mod alloc;
+mod card;
+pub mod limits;
 mod loader;
 mod metrics;
 mod optim;
+pub mod plan;
 mod recipe;
 mod run;
 pub mod service;
 mod settings;
+pub mod state;
 mod train;
 
+pub use alloc::TrainingAllocator;
+pub use card::model_card;
+pub use limits::RunLimits;
 pub use loader::{EpochBatches, LoaderConfig, LoaderError, ShardLoader};
 pub use metrics::TrainerMetrics;
 pub use optim::{AdamW, GradAccumulator};
 pub use recipe::{
     pos_weight_from_counts, smooth_targets, EarlyStopping, LrSchedule, Precision, RecipeConfig,
 };
-pub use run::{
-    create_run, mark_failed, model_card, read_run_state, run_prefix, run_training, state_key,
-    EpochRecord, RunError, RunHooks, RunProgress, RunRequest, RunState, RunStatus, TrainSettings,
-    WrittenCheckpoint,
+pub use run::{run_training, validate, RunError, RunHooks, RunProgress, WrittenCheckpoint};
+pub use settings::{
+    is_valid_config_name, parse_device, DeviceChoice, TrainSettings, TrainerServiceSettings,
 };
-pub use settings::{is_valid_config_name, parse_device, DeviceChoice, TrainerServiceSettings};
-pub use train::{Batch, MicroStep, Trainer, Validation};
+pub use state::{
+    create_run, lease_key, mark_failed, read_run_state, run_prefix, state_key, write_run_state,
+    EpochRecord, RunRequest, RunState, RunStatus,
+};
+pub use train::{Batch, MicroStep, Trainer, Validation, ValidationPass};
 
 /// What can go wrong in the recipe.
 #[derive(Debug, thiserror::Error)]

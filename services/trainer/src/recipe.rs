@@ -109,10 +109,15 @@ impl RecipeConfig {
                 self.label_smoothing
             ));
         }
-        if self.weight_decay < 0.0 || self.grad_clip_norm < 0.0 || self.binary_loss_weight < 0.0 {
-            return fail(
-                "weight_decay, grad_clip_norm and binary_loss_weight must not be negative".into(),
-            );
+        // `x >= 0.0` is false for NaN, which `x < 0.0` would let through.
+        for (name, value) in [
+            ("weight_decay", self.weight_decay),
+            ("grad_clip_norm", self.grad_clip_norm),
+            ("binary_loss_weight", self.binary_loss_weight),
+        ] {
+            if !(value >= 0.0 && value.is_finite()) {
+                return fail(format!("{name} must be a finite number >= 0, got {value}"));
+            }
         }
         Ok(())
     }

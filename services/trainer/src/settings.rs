@@ -1,9 +1,80 @@
-//! The trainer service's own settings (`service:` in `configs/trainer.yaml`).
-//! What a run trains is not here: each request names a training config
-//! under `configs_dir` (`default`, `transfer`, `scratch`, `tiny`, ...).
+//! Settings: the trainer service's own (`service:` in
+//! `configs/trainer.yaml`) and a run's ([`TrainSettings`], the `service:`
+//! section of a training config under `configs_dir`: `default`,
+//! `transfer`, `scratch`, `tiny`, ...).
 
 use chexvision_config::Validate;
+use chexvision_models::ModelConfig;
+use chexvision_vision::AugmentConfig;
 use serde::{Deserialize, Serialize};
+
+use crate::limits::RunLimits;
+use crate::recipe::RecipeConfig;
+
+/// Everything a run is made from (the `service:` section of a training
+/// config, plus the request's dataset).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSettings {
+    pub model: ModelConfig,
+    pub recipe: RecipeConfig,
+    /// Side of the ready images the run reads (`ready/{size}px/`).
+    pub image_size: u32,
+    pub augment: AugmentConfig,
+    pub loader_workers: usize,
+    pub prefetch_shards: usize,
+    pub shuffle_buffer: usize,
+    /// Converted torchvision weights (safetensors) for the DenseNet
+    /// backbone; empty: train from scratch.
+    pub pretrained: String,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        Self {
+            model: ModelConfig::densenet121(),
+            recipe: RecipeConfig::default(),
+            image_size: 320,
+            augment: AugmentConfig::default(),
+            loader_workers: 2,
+            prefetch_shards: 2,
+            shuffle_buffer: 2048,
+            pretrained: String::new(),
+        }
+    }
+}
+
+impl Validate for TrainSettings {
+    fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.recipe.validate() {
+            problems.push(("recipe".to_string(), e.to_string()));
+        }
+        let model_check = match &self.model {
+            ModelConfig::Densenet(c) => c.validate(),
+            ModelConfig::SeResnet(c) => c.validate(),
+        };
+        if let Err(e) = model_check {
+            problems.push(("model".to_string(), e.to_string()));
+        }
+        if !(32..=2048).contains(&self.image_size) {
+            problems.push((
+                "image_size".to_string(),
+                format!("must be 32..=2048, got {}", self.image_size),
+            ));
+        }
+        if let Err(e) = self.augment.validate() {
+            problems.push(("augment".to_string(), e.to_string()));
+        }
+        if self.loader_workers == 0 || self.prefetch_shards == 0 {
+            problems.push((
+                "loader_workers".to_string(),
+                "loader_workers and prefetch_shards must be at least 1".into(),
+            ));
+        }
+        problems
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -29,6 +100,21 @@ pub struct TrainerServiceSettings {
     pub max_attempts: u32,
     /// Wait before the next attempt, doubled each time.
     pub retry_backoff_secs: u64,
+    /// This replica's name in run leases (`runs/{id}/lease.json`): stable
+    /// across restarts of one pod (its name), distinct between replicas.
+    /// Empty: the `HOSTNAME` environment variable.
+    pub instance_id: String,
+    /// A replica holds a run's lease this long without renewing it; a run
+    /// whose holder died is taken over after that.
+    pub lease_ttl_secs: u64,
+    /// Wait after writing a lease before reading it back (see
+    /// `chexvision_store::claim`).
+    pub lease_settle_ms: u64,
+    /// How often an idle worker looks for runs nobody holds (a replica
+    /// that died mid-run).
+    pub rescan_secs: u64,
+    /// Bounds on what a request may ask for (docs/limits.md).
+    pub limits: RunLimits,
 }
 
 impl Default for TrainerServiceSettings {
@@ -44,7 +130,26 @@ impl Default for TrainerServiceSettings {
             device: "cpu".into(),
             max_attempts: 3,
             retry_backoff_secs: 30,
+            instance_id: String::new(),
+            lease_ttl_secs: 120,
+            lease_settle_ms: 500,
+            rescan_secs: 60,
+            limits: RunLimits::default(),
         }
+    }
+}
+
+impl TrainerServiceSettings {
+    /// [`TrainerServiceSettings::instance_id`], or the host name, or a
+    /// fixed fallback.
+    pub fn instance(&self) -> String {
+        if !self.instance_id.is_empty() {
+            return self.instance_id.clone();
+        }
+        std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "chexvision-trainer".into())
     }
 }
 
@@ -84,6 +189,15 @@ impl Validate for TrainerServiceSettings {
         }
         if self.max_attempts == 0 {
             problems.push(("max_attempts".into(), "must be at least 1".into()));
+        }
+        if self.lease_ttl_secs < 10 {
+            problems.push(("lease_ttl_secs".into(), "must be at least 10".into()));
+        }
+        if self.rescan_secs == 0 {
+            problems.push(("rescan_secs".into(), "must be at least 1".into()));
+        }
+        for (key, why) in self.limits.validate() {
+            problems.push((format!("limits.{key}"), why));
         }
         problems
     }

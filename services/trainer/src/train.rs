@@ -230,6 +230,16 @@ impl Trainer {
     /// Validation AUC over `batches`, eval mode. On CPU through the fused
     /// inference path (no autograd graph); elsewhere the model itself.
     pub fn validate<'a>(&self, batches: impl IntoIterator<Item = &'a Batch>) -> Result<Validation> {
+        let mut pass = self.validation()?;
+        for batch in batches {
+            pass.add(batch)?;
+        }
+        Ok(pass.finish())
+    }
+
+    /// A validation pass fed one batch at a time: only the scores are kept,
+    /// so memory does not grow with the validation split.
+    pub fn validation(&self) -> Result<ValidationPass<'_>> {
         let findings = self.model.num_findings();
         let fused = match self.pos_weight.device() {
             Device::Cpu => Some(CpuInference::new(
@@ -239,35 +249,14 @@ impl Trainer {
             )?),
             _ => None,
         };
-        let (mut scores, mut labels, mut bin_scores, mut bin_labels) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut images = 0;
-        for batch in batches {
-            let out = match &fused {
-                Some(f) => f.forward(&batch.images)?,
-                None => autocast(self.compute_dtype, || {
-                    self.model.forward_t(&batch.images, false)
-                })?,
-            };
-            let probs = out
-                .probabilities()?
-                .to_dtype(DType::F64)?
-                .to_vec2::<f64>()?;
-            let truth = batch.findings.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-            for (p, t) in probs.iter().zip(&truth) {
-                scores.extend_from_slice(&p[..findings]);
-                labels.extend(t.iter().map(|&v| v >= 0.5));
-                bin_scores.push(p[findings]);
-                bin_labels.push(t.iter().any(|&v| v >= 0.5));
-            }
-            images += probs.len();
-        }
-        let auc = chexvision_metrics::multilabel_auc(&scores, &labels, findings);
-        Ok(Validation {
-            macro_auc: auc.macro_auc,
-            per_class_auc: auc.per_class,
-            binary_auc: chexvision_metrics::roc_auc(&bin_scores, &bin_labels),
-            images,
+        Ok(ValidationPass {
+            trainer: self,
+            fused,
+            findings,
+            scores: Vec::new(),
+            labels: Vec::new(),
+            bin_scores: Vec::new(),
+            bin_labels: Vec::new(),
         })
     }
 
@@ -278,5 +267,56 @@ impl Trainer {
             varmap_tensors(&self.varmap),
             self.optimiser.state_tensors()?,
         ))
+    }
+}
+
+/// Scores of a validation pass so far (see [`Trainer::validation`]).
+pub struct ValidationPass<'t> {
+    trainer: &'t Trainer,
+    fused: Option<CpuInference>,
+    findings: usize,
+    scores: Vec<f64>,
+    labels: Vec<bool>,
+    bin_scores: Vec<f64>,
+    bin_labels: Vec<bool>,
+}
+
+impl ValidationPass<'_> {
+    /// Scores one batch; the batch may be dropped afterwards.
+    pub fn add(&mut self, batch: &Batch) -> Result<()> {
+        let out = match &self.fused {
+            Some(f) => f.forward(&batch.images)?,
+            None => autocast(self.trainer.compute_dtype, || {
+                self.trainer.model.forward_t(&batch.images, false)
+            })?,
+        };
+        let probs = out
+            .probabilities()?
+            .to_dtype(DType::F64)?
+            .to_vec2::<f64>()?;
+        let truth = batch.findings.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let findings = self.findings;
+        for (p, t) in probs.iter().zip(&truth) {
+            self.scores.extend_from_slice(&p[..findings]);
+            self.labels.extend(t.iter().map(|&v| v >= 0.5));
+            self.bin_scores.push(p[findings]);
+            self.bin_labels.push(t.iter().any(|&v| v >= 0.5));
+        }
+        Ok(())
+    }
+
+    /// Images scored so far.
+    pub fn images(&self) -> usize {
+        self.bin_scores.len()
+    }
+
+    pub fn finish(self) -> Validation {
+        let auc = chexvision_metrics::multilabel_auc(&self.scores, &self.labels, self.findings);
+        Validation {
+            macro_auc: auc.macro_auc,
+            per_class_auc: auc.per_class,
+            binary_auc: chexvision_metrics::roc_auc(&self.bin_scores, &self.bin_labels),
+            images: self.bin_scores.len(),
+        }
     }
 }

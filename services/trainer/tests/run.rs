@@ -145,8 +145,9 @@ async fn a_run_interrupted_mid_epoch_resumes_to_the_same_model() {
     best.expect(&settings.model, &LABELS).unwrap();
     assert_eq!(best.meta.extra["run_id"], "whole");
 
-    // Interrupted during epoch 2 (after 2 full epochs of 9 batches each).
-    let (cut, _) = tokio::task::block_in_place(|| run(&store, "cut", &settings, Some(9 * 2 + 4)));
+    // Interrupted during epoch 2 (after 2 full epochs of 9 training and 3
+    // validation batches each: the hook is polled before every one).
+    let (cut, _) = tokio::task::block_in_place(|| run(&store, "cut", &settings, Some(12 * 2 + 4)));
     assert!(
         matches!(cut, Err(RunError::Interrupted { epoch: 2 })),
         "{cut:?}"
@@ -211,12 +212,29 @@ async fn a_run_interrupted_mid_epoch_resumes_to_the_same_model() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_dataset_is_named() {
+async fn a_dataset_not_prepared_at_the_size_is_named_with_the_command_that_prepares_it() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(FsStore::open(dir.path()).await.unwrap());
     let (result, _) = tokio::task::block_in_place(|| run(&store, "r", &settings(), None));
+    let err = result.unwrap_err();
+    assert!(matches!(err, RunError::NotPrepared(_)), "{err:?}");
+    let err = err.to_string();
+    assert!(err.contains("not prepared at 32 px"), "{err}");
+    assert!(
+        err.contains("datasets/corners/ready/32px/manifest.json"),
+        "{err}"
+    );
+    assert!(
+        err.contains("chexvision preprocess --dataset-id corners --size 32"),
+        "{err}"
+    );
+    // Prepared at 32 px only: a 64 px run says so too.
+    dataset(store.as_ref()).await;
+    let mut at_64 = settings();
+    at_64.image_size = 64;
+    let (result, _) = tokio::task::block_in_place(|| run(&store, "r64", &at_64, None));
     let err = result.unwrap_err().to_string();
-    assert!(err.contains("datasets/corners/manifest.json"), "{err}");
+    assert!(err.contains("not prepared at 64 px"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,8 +290,9 @@ async fn a_model_with_dropout_resumes_to_the_same_model() {
     });
     let (whole, _) = tokio::task::block_in_place(|| run(&store, "whole", &settings, None));
     whole.unwrap();
-    // Cut in epoch 1, after 2 of its micro-batches.
-    let (cut, _) = tokio::task::block_in_place(|| run(&store, "cut", &settings, Some(9 + 3)));
+    // Cut in epoch 1, after 2 of its micro-batches (epoch 0: 9 training and
+    // 3 validation batches).
+    let (cut, _) = tokio::task::block_in_place(|| run(&store, "cut", &settings, Some(12 + 3)));
     assert!(
         matches!(cut, Err(RunError::Interrupted { epoch: 1 })),
         "{cut:?}"

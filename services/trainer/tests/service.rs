@@ -112,6 +112,7 @@ impl Harness {
         (
             TrainerHandler {
                 store: self.store.clone(),
+                topics: self.topics.clone(),
                 settings: self.settings.clone(),
                 jobs,
                 metrics,
@@ -285,7 +286,7 @@ async fn requests_become_runs_trained_once_and_bad_ones_are_dead_lettered() {
         "malformed record",
         "unknown config `nope`",
         "contradicts config `corners`",
-        "dataset `missing` is not ready at 32 px",
+        "dataset `missing` is not prepared at 32 px",
         "recipe.epochs",
         "request_id `../escape` is not valid",
     ];
@@ -448,7 +449,7 @@ async fn a_run_whose_dataset_vanished_is_marked_failed_naming_what_is_missing() 
     };
     handler.accept(req, &envelope).await.unwrap();
     h.store
-        .delete("datasets/corners/manifest.json")
+        .delete("datasets/corners/ready/32px/manifest.json")
         .await
         .unwrap();
     let outcome = h
@@ -458,7 +459,10 @@ async fn a_run_whose_dataset_vanished_is_marked_failed_naming_what_is_missing() 
     let JobOutcome::Failed(error) = outcome else {
         panic!("{outcome:?}")
     };
-    assert!(error.contains("datasets/corners/manifest.json"), "{error}");
+    assert!(
+        error.contains("datasets/corners/ready/32px/manifest.json"),
+        "{error}"
+    );
     let state = read_run_state(h.store.as_ref(), "r-gone")
         .await
         .unwrap()
@@ -483,6 +487,7 @@ fn dataset_ready(dataset_id: &str, size_px: u32, sha: &str) -> DatasetReady {
         shard_count: 4,
         rows_per_split: HashMap::new(),
         synthetic: true,
+        ready_manifest: None,
     }
 }
 
@@ -492,7 +497,9 @@ async fn handle(
 ) -> Result<(), chexvision_bus::HandlerError> {
     let envelope = Envelope::new(body, "tests");
     let delivery = chexvision_bus::Delivery {
-        topic: "t".into(),
+        topic: chexvision_bus::home_topic(&envelope, &Topics::default())
+            .unwrap()
+            .to_owned(),
         partition: 0,
         offset: 0,
         key: Vec::new(),
@@ -630,5 +637,272 @@ fn overrides_apply_to_the_run_settings_and_name_their_key_when_wrong() {
     assert!(
         err.contains("unknown config `huge`") && err.contains("tiny"),
         "{err}"
+    );
+}
+
+/// What a data team's mistakes look like on the wire, per topic: each is
+/// refused with a reason that names the problem, and the valid request sent
+/// after it is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_are_refused_and_the_next_valid_one_is_served() {
+    let h = harness().await;
+    let (handler, mut queue) = h.handler(None);
+    let with = |id: &str, pairs: &[(&str, &str)]| {
+        let mut r = request(id, "corners", "corners");
+        for (k, v) in pairs {
+            r.overrides.insert((*k).into(), (*v).into());
+        }
+        r
+    };
+    let many_overrides = {
+        let mut r = request("h-many", "corners", "corners");
+        for i in 0..100 {
+            r.overrides.insert(format!("recipe.k{i}"), "1".into());
+        }
+        r
+    };
+    let long_reason = TrainingRequested {
+        reason: "x".repeat(100_000),
+        ..request("h-reason", "corners", "corners")
+    };
+    let hostile: Vec<(Body, &str)> = vec![
+        // Hundreds of gigabytes for one step.
+        (
+            with(
+                "h-batch",
+                &[("recipe.batch_size", "512"), ("image_size", "1024")],
+            )
+            .into(),
+            "GiB",
+        ),
+        (
+            with("h-batch-huge", &[("recipe.batch_size", "100000")]).into(),
+            "recipe.batch_size 100000",
+        ),
+        // A run that never ends.
+        (
+            with(
+                "h-epochs",
+                &[
+                    ("recipe.epochs", "4294967295"),
+                    ("recipe.patience", "4294967295"),
+                ],
+            )
+            .into(),
+            "recipe.epochs 4294967295",
+        ),
+        // Non-finite numbers only a `< 0` check would guard.
+        (
+            with("h-nan", &[("recipe.weight_decay", ".nan")]).into(),
+            "weight_decay",
+        ),
+        (
+            with("h-inf", &[("recipe.grad_clip_norm", ".inf")]).into(),
+            "grad_clip_norm",
+        ),
+        (
+            with("h-lr", &[("recipe.learning_rate", "-1")]).into(),
+            "learning_rate",
+        ),
+        // A model far larger than any this trainer is for.
+        (
+            with("h-model", &[("model.block_config", "[1000, 1000]")]).into(),
+            "layers in a block",
+        ),
+        (
+            with("h-shuffle", &[("shuffle_buffer", "100000000")]).into(),
+            "shuffle_buffer",
+        ),
+        (
+            with("h-size", &[("image_size", "2048")]).into(),
+            "image_size 2048",
+        ),
+        (many_overrides.into(), "100 overrides"),
+        (long_reason.into(), "reason is 100000 bytes"),
+    ];
+    let valid_ids: Vec<String> = (0..hostile.len()).map(|i| format!("ok-{i}")).collect();
+    for ((body, want), valid) in hostile.into_iter().zip(&valid_ids) {
+        let err = handle(&handler, body).await.unwrap_err();
+        assert!(
+            matches!(err, chexvision_bus::HandlerError::Malformed(_)),
+            "{want}: not sent to the dead-letter topic at once: {err}"
+        );
+        assert!(
+            err.to_string().contains(want),
+            "{err} should contain {want:?}"
+        );
+        handle(&handler, request(valid, "corners", "corners"))
+            .await
+            .unwrap_or_else(|e| panic!("the valid request after {want:?} was refused: {e}"));
+        assert_eq!(queue.try_recv().unwrap(), *valid);
+    }
+    // Nothing of the hostile ones was stored.
+    let runs: Vec<String> = h
+        .store
+        .list("runs/")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|o| o.key.strip_suffix("/state.json").map(str::to_owned))
+        .collect();
+    assert!(runs.iter().all(|r| r.starts_with("runs/ok-")), "{runs:?}");
+    assert_eq!(runs.len(), valid_ids.len());
+}
+
+/// An event on a topic that is not its own is refused: a training request
+/// sent to the datasets topic does not train.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_on_another_topic_is_refused() {
+    let mut h = harness().await;
+    h.settings.train_on_dataset_ready = true;
+    let (handler, mut queue) = h.handler(None);
+    let envelope = Envelope::new(request("wrong-topic", "corners", "corners"), "tests");
+    let delivery = chexvision_bus::Delivery {
+        topic: h.topics.datasets.clone(),
+        partition: 0,
+        offset: 0,
+        key: Vec::new(),
+        payload: envelope.to_bytes(),
+        headers: Vec::new(),
+    };
+    let err = chexvision_bus::Handler::handle(&handler, &delivery)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("belongs on chexvision.training.requests, not on chexvision.datasets"),
+        "{err}"
+    );
+    assert!(queue.try_recv().is_err());
+    assert!(h.store.head("runs/wrong-topic/state.json").await.is_err());
+}
+
+/// A run stored with settings outside the limits (written by an older
+/// build, or by hand) is marked failed with the reason when the worker
+/// meets it, never started into a crash or retried at every start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_run_outside_the_limits_is_marked_failed_not_started() {
+    let h = harness().await;
+    let mut settings = common::settings();
+    settings.recipe.batch_size = 100_000;
+    let state = chexvision_trainer::RunState::accepted("r-huge", "corners", true, &settings, None);
+    chexvision_trainer::create_run(h.store.as_ref(), &state)
+        .await
+        .unwrap();
+    assert_eq!(
+        pending_runs(h.store.as_ref()).await.unwrap(),
+        vec!["r-huge"]
+    );
+    let outcome = h
+        .worker(None)
+        .run_job("r-huge", &CancellationToken::new())
+        .await;
+    let JobOutcome::Failed(reason) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(reason.contains("recipe.batch_size 100000"), "{reason}");
+    let state = read_run_state(h.store.as_ref(), "r-huge")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.status, RunStatus::Failed);
+    assert!(h
+        .store
+        .head("runs/r-huge/checkpoints/epoch-000.safetensors")
+        .await
+        .is_err());
+    assert!(pending_runs(h.store.as_ref()).await.unwrap().is_empty());
+}
+
+/// A state this build cannot read (a NaN written as null) is marked failed
+/// once, keeping what it held, instead of being skipped at every start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_run_state_is_marked_failed_once() {
+    let h = harness().await;
+    let state =
+        chexvision_trainer::RunState::accepted("r-nan", "corners", true, &common::settings(), None);
+    let mut json = serde_json::to_value(&state).unwrap();
+    json["settings"]["recipe"]["weight_decay"] = serde_json::Value::Null;
+    h.store
+        .put(
+            "runs/r-nan/state.json",
+            Bytes::from(serde_json::to_vec(&json).unwrap()),
+        )
+        .await
+        .unwrap();
+    assert!(pending_runs(h.store.as_ref()).await.unwrap().is_empty());
+    let stored: serde_json::Value =
+        serde_json::from_slice(&h.store.get("runs/r-nan/state.json").await.unwrap()).unwrap();
+    assert_eq!(stored["status"], "failed");
+    assert!(
+        stored["error"].as_str().unwrap().contains("weight_decay"),
+        "{stored}"
+    );
+    assert_eq!(stored["dataset_id"], "corners", "the rest is kept");
+    // Marked once: a second scan leaves it as it is.
+    let before = h.store.get("runs/r-nan/state.json").await.unwrap();
+    assert!(pending_runs(h.store.as_ref()).await.unwrap().is_empty());
+    assert_eq!(h.store.get("runs/r-nan/state.json").await.unwrap(), before);
+}
+
+/// Two replicas that both find one pending run: one trains it, the other
+/// sees its lease and leaves it; each epoch is trained and recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_one_run_train_each_epoch_once() {
+    let h = harness().await;
+    let (handler, _queue) = h.handler(None);
+    let envelope = Envelope::new(request("r-two", "corners", "corners"), "tests");
+    let Some(Body::TrainingRequested(req)) = &envelope.body else {
+        unreachable!()
+    };
+    handler.accept(req, &envelope).await.unwrap();
+    let worker = |name: &str, registry: &prometheus::Registry| {
+        let mut settings = h.settings.clone();
+        settings.instance_id = name.into();
+        settings.lease_settle_ms = 100;
+        Arc::new(TrainerWorker {
+            store: h.store.clone(),
+            bus: h.bus.clone(),
+            topics: h.topics.clone(),
+            settings,
+            device: Device::Cpu,
+            metrics: Some(TrainerMetrics::register(registry).unwrap()),
+        })
+    };
+    let (ra, rb) = (prometheus::Registry::new(), prometheus::Registry::new());
+    let (a, b) = (worker("replica-a", &ra), worker("replica-b", &rb));
+    let never = CancellationToken::new();
+    let (oa, ob) = tokio::join!(a.run_job("r-two", &never), b.run_job("r-two", &never));
+    let outcomes = [oa, ob];
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == JobOutcome::Finished(RunStatus::Completed))
+            .count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| matches!(o, JobOutcome::HeldElsewhere(_))),
+        "{outcomes:?}"
+    );
+    let epochs_trained = metric(&ra, "chexvision_trainer_images_total", None)
+        + metric(&rb, "chexvision_trainer_images_total", None);
+    assert_eq!(
+        epochs_trained,
+        2.0 * 144.0,
+        "each epoch's images trained once"
+    );
+    let history: Vec<EpochRecord> =
+        serde_json::from_slice(&h.store.get("runs/r-two/history.json").await.unwrap()).unwrap();
+    assert_eq!(
+        history.iter().map(|e| e.epoch).collect::<Vec<_>>(),
+        vec![0, 1]
+    );
+    assert!(
+        h.store.head("runs/r-two/lease.json").await.is_err(),
+        "the lease is handed back"
     );
 }

@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use chexvision_dataset::{
-    dataset_ready_key, ready_shard_key, write_shard, ImageFormat, LabelSet, Manifest,
-    ManifestShard, ManifestSource, ShardOptions, ShardRow, Split,
+    dataset_ready_key, ready_manifest_key, ready_shard_key, write_shard, ImageFormat, LabelSet,
+    Manifest, ManifestShard, ManifestSource, ReadyManifest, ShardOptions, ShardRow, Split,
 };
 use chexvision_models::{DenseNetConfig, ModelConfig};
 use chexvision_store::ObjectStore;
@@ -59,10 +59,21 @@ fn row(split: Split, index: u32, state: &mut u64) -> ShardRow {
 }
 
 /// A 32 px dataset `corners` (3 train shards, 1 validation, 48 rows each),
-/// ready at 32 px, marker included.
+/// ready at 32 px: ready shards, ready manifest and marker.
 pub async fn dataset(store: &dyn ObjectStore) {
-    let mut manifest = Manifest::new(
+    dataset_with(
+        store,
         "corners",
+        &[(Split::Train, 3), (Split::Validation, 1)],
+        48,
+    )
+    .await;
+}
+
+/// `shards` ready shards of `rows` rows per split, as preprocess leaves them.
+pub async fn dataset_with(store: &dyn ObjectStore, id: &str, shards: &[(Split, u32)], rows: u32) {
+    let mut manifest = Manifest::new(
+        id,
         true,
         ManifestSource {
             format: "synthetic".into(),
@@ -71,9 +82,9 @@ pub async fn dataset(store: &dyn ObjectStore) {
     );
     let mut state = 7u64;
     let mut index = 0;
-    for (split, shards) in [(Split::Train, 3u32), (Split::Validation, 1)] {
+    for &(split, shards) in shards {
         for shard in 0..shards {
-            let rows: Vec<ShardRow> = (0..48)
+            let rows: Vec<ShardRow> = (0..rows)
                 .map(|_| {
                     index += 1;
                     row(split, index, &mut state)
@@ -82,7 +93,7 @@ pub async fn dataset(store: &dyn ObjectStore) {
             for r in &rows {
                 manifest.count_row(split, r.labels);
             }
-            let key = ready_shard_key("corners", SIDE, split, shard);
+            let key = ready_shard_key(id, SIDE, split, shard);
             store
                 .put(
                     &key,
@@ -91,31 +102,30 @@ pub async fn dataset(store: &dyn ObjectStore) {
                 .await
                 .unwrap();
             manifest.shards.push(ManifestShard {
-                key: format!(
-                    "datasets/corners/raw/{}/shard-{shard:05}.parquet",
-                    split.name()
-                ),
+                key,
                 uri: String::new(),
                 split: split.name().into(),
                 index: shard,
                 sha256: String::new(),
                 size_bytes: 0,
-                rows: 48,
+                rows: rows.len() as u64,
             });
         }
     }
+    let ready = ReadyManifest {
+        image_size_px: SIDE,
+        raw_manifest_sha256: "0".repeat(64),
+        manifest,
+    };
     store
         .put(
-            "datasets/corners/manifest.json",
-            Bytes::from(serde_json::to_vec(&manifest).unwrap()),
+            &ready_manifest_key(id, SIDE),
+            Bytes::from(serde_json::to_vec(&ready).unwrap()),
         )
         .await
         .unwrap();
     store
-        .put(
-            &dataset_ready_key("corners", SIDE),
-            Bytes::from_static(b"{}"),
-        )
+        .put(&dataset_ready_key(id, SIDE), Bytes::from_static(b"{}"))
         .await
         .unwrap();
 }
