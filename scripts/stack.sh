@@ -4,7 +4,7 @@
 #   s3:    garage (S3-compatible object store), single node, bucket "chexvision"
 #
 # Usage: scripts/stack.sh <command>
-#   install          cargo-install tansu / garage if missing (first run ~35 min)
+#   install          cargo-install tansu / garage if missing (first run: see docs/architecture.md)
 #   up               install, start both servers (idempotent), wait, print env
 #   down             stop both (SIGINT/SIGTERM, SIGKILL after 10 s); data is kept
 #   clean            down + delete the state dir
@@ -66,22 +66,40 @@ hex() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; } # $1 random bytes as he
 
 need_cargo() { command -v cargo >/dev/null || die "cargo not found; install Rust (rustup) first"; }
 
+# Pinned: the versions the stack script and its workarounds were written for.
+TANSU_VERSION="0.6.0"
+GARAGE_VERSION="2.5.0"
+
+# Test servers, not production ones: built at opt-level 1 without debug info
+# instead of the crates' release profile (opt-level 3), which roughly halves
+# the cold install on 2 cores (docs/architecture.md, "CI budget"). Cargo's
+# profile variables override a package's own profile.
+# CHEXVISION_STACK_OPT_LEVEL=3 builds them as their authors ship them.
+cheap_install() {
+  CARGO_PROFILE_RELEASE_OPT_LEVEL="${CHEXVISION_STACK_OPT_LEVEL:-1}" \
+    CARGO_PROFILE_RELEASE_DEBUG=0 \
+    CARGO_PROFILE_RELEASE_LTO=false \
+    CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+    CARGO_PROFILE_RELEASE_BUILD_OVERRIDE_OPT_LEVEL=0 \
+    cargo install --locked "$@" >&2
+}
+
 install_tools() {
   if ! command -v tansu >/dev/null; then
     need_cargo
-    log "installing tansu (cargo install, ~15 min on 2 cores)..."
-    cargo install tansu --locked --features libsql,dynostore >&2
+    log "installing tansu $TANSU_VERSION (cargo install)..."
+    cheap_install tansu --version "$TANSU_VERSION" --features libsql,dynostore
   elif ! quiet_tansu --help 2>/dev/null | grep -q 'Storage engines:.*libsql'; then
     # A tansu built without libsql can only keep data in memory, which would
     # break the "broker restart loses nothing" guarantee: rebuild it.
     log "tansu on PATH lacks the libsql (sqlite) storage engine; reinstalling..."
     need_cargo
-    cargo install tansu --locked --force --features libsql,dynostore >&2
+    cheap_install tansu --version "$TANSU_VERSION" --force --features libsql,dynostore
   fi
   if ! command -v garage >/dev/null; then
-    log "installing garage (cargo install, ~20 min on 2 cores)..."
+    log "installing garage $GARAGE_VERSION (cargo install)..."
     need_cargo
-    cargo install garage --locked >&2
+    cheap_install garage --version "$GARAGE_VERSION"
   fi
   log "tools: $(quiet_tansu --version 2>/dev/null | head -n1), $(RUST_LOG=off garage --version 2>/dev/null | head -n1)"
 }
