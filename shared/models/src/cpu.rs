@@ -14,7 +14,10 @@
 //! * a batch runs one image per thread; a single image uses all threads
 //!   inside each matrix multiply.
 //!
-//! Weights are plain `f32` arrays; no autograd graph exists here.
+//! Weights are plain `f32` arrays; no autograd graph exists here. Each
+//! network's plan lives beside the network (`DenseNetPlan` in `densenet.rs`,
+//! `SeResNetPlan` in `se_resnet.rs`), built from the same state-dict names;
+//! this file holds the fused layers they are made of.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +26,8 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::conv::{matmul, with_col, Geometry, MatRef};
+use crate::densenet::DenseNetPlan;
+use crate::se_resnet::SeResNetPlan;
 use crate::{DualLogits, ModelConfig, ModelError, Result};
 
 const BN_EPS: f32 = 1e-5;
@@ -32,9 +37,9 @@ const TILE_PIXELS: usize = 2048;
 
 /// A convolution with its following BatchNorm folded in.
 #[derive(Debug, Clone)]
-struct Conv {
+pub(crate) struct Conv {
     cin: usize,
-    cout: usize,
+    pub(crate) cout: usize,
     k: usize,
     stride: usize,
     pad: usize,
@@ -45,21 +50,21 @@ struct Conv {
 
 /// An eval-mode BatchNorm as a per-channel affine map.
 #[derive(Debug, Clone)]
-struct Affine {
+pub(crate) struct Affine {
     scale: Vec<f32>,
     shift: Vec<f32>,
 }
 
 #[derive(Debug, Clone)]
-struct Linear {
+pub(crate) struct Linear {
     cin: usize,
     cout: usize,
     weight: Vec<f32>,
     bias: Vec<f32>,
 }
 
-struct Weights<'a> {
-    tensors: &'a BTreeMap<String, Tensor>,
+pub(crate) struct Weights<'a> {
+    pub(crate) tensors: &'a BTreeMap<String, Tensor>,
 }
 
 impl Weights<'_> {
@@ -80,7 +85,7 @@ impl Weights<'_> {
             .to_vec1::<f32>()?)
     }
 
-    fn affine(&self, prefix: &str, c: usize) -> Result<Affine> {
+    pub(crate) fn affine(&self, prefix: &str, c: usize) -> Result<Affine> {
         let weight = self.get(&format!("{prefix}.weight"), &[c])?;
         let bias = self.get(&format!("{prefix}.bias"), &[c])?;
         let mean = self.get(&format!("{prefix}.running_mean"), &[c])?;
@@ -101,7 +106,7 @@ impl Weights<'_> {
 
     /// Convolution `conv` (no bias) followed by BatchNorm `bn`, folded.
     #[allow(clippy::too_many_arguments)]
-    fn conv_bn(
+    pub(crate) fn conv_bn(
         &self,
         conv: &str,
         bn: &str,
@@ -129,7 +134,7 @@ impl Weights<'_> {
     }
 
     /// Convolution without a BatchNorm after it (zero bias).
-    fn conv(
+    pub(crate) fn conv(
         &self,
         conv: &str,
         cin: usize,
@@ -149,7 +154,7 @@ impl Weights<'_> {
         })
     }
 
-    fn linear(&self, prefix: &str, cin: usize, cout: usize) -> Result<Linear> {
+    pub(crate) fn linear(&self, prefix: &str, cin: usize, cout: usize) -> Result<Linear> {
         Ok(Linear {
             cin,
             cout,
@@ -159,12 +164,12 @@ impl Weights<'_> {
     }
 }
 
-fn out_len(len: usize, k: usize, stride: usize, pad: usize) -> usize {
+pub(crate) fn out_len(len: usize, k: usize, stride: usize, pad: usize) -> usize {
     (len + 2 * pad).saturating_sub(k) / stride + 1
 }
 
 impl Conv {
-    fn out_dims(&self, h: usize, w: usize) -> (usize, usize) {
+    pub(crate) fn out_dims(&self, h: usize, w: usize) -> (usize, usize) {
         (
             out_len(h, self.k, self.stride, self.pad),
             out_len(w, self.k, self.stride, self.pad),
@@ -176,7 +181,15 @@ impl Conv {
     /// than one thread the output rows are split between threads, each
     /// running its own single-threaded multiply (gemm's own threading
     /// costs more than it gains on these shapes).
-    fn run(&self, input: &[f32], h: usize, w: usize, out: &mut [f32], relu: bool, threads: usize) {
+    pub(crate) fn run(
+        &self,
+        input: &[f32],
+        h: usize,
+        w: usize,
+        out: &mut [f32],
+        relu: bool,
+        threads: usize,
+    ) {
         let (ho, wo) = self.out_dims(h, w);
         assert_eq!(input.len(), self.cin * h * w, "conv input size");
         assert_eq!(out.len(), self.cout * ho * wo, "conv output size");
@@ -312,7 +325,7 @@ unsafe fn gemm_into(
     );
 }
 
-fn max_pool_3x3_s2_p1(
+pub(crate) fn max_pool_3x3_s2_p1(
     input: &[f32],
     c: usize,
     h: usize,
@@ -346,7 +359,7 @@ fn max_pool_3x3_s2_p1(
 
 impl Affine {
     /// `out = relu(scale·x + shift)` per channel.
-    fn relu_into(&self, input: &[f32], hw: usize, out: &mut [f32], threads: usize) {
+    pub(crate) fn relu_into(&self, input: &[f32], hw: usize, out: &mut [f32], threads: usize) {
         let f = |(c, (src, dst)): (usize, (&[f32], &mut [f32]))| {
             let (s, t) = (self.scale[c], self.shift[c]);
             for (d, &x) in dst.iter_mut().zip(src) {
@@ -369,7 +382,7 @@ impl Affine {
     }
 
     /// `out = avgpool2x2(relu(scale·x + shift))` per channel (floor sizes).
-    fn relu_avg_pool2_into(
+    pub(crate) fn relu_avg_pool2_into(
         &self,
         input: &[f32],
         h: usize,
@@ -393,7 +406,7 @@ impl Affine {
     }
 
     /// Global mean of relu(scale·x + shift) per channel.
-    fn relu_mean(&self, input: &[f32], hw: usize) -> Vec<f32> {
+    pub(crate) fn relu_mean(&self, input: &[f32], hw: usize) -> Vec<f32> {
         input
             .chunks(hw)
             .enumerate()
@@ -406,47 +419,13 @@ impl Affine {
 }
 
 impl Linear {
-    fn apply(&self, x: &[f32]) -> Vec<f32> {
+    pub(crate) fn apply(&self, x: &[f32]) -> Vec<f32> {
         self.weight
             .chunks(self.cin)
             .zip(&self.bias)
             .map(|(row, b)| row.iter().zip(x).map(|(w, v)| w * v).sum::<f32>() + b)
             .collect()
     }
-}
-
-#[derive(Debug, Clone)]
-struct DenseLayerPlan {
-    norm1: Affine,
-    /// conv1 with norm2 folded; ReLU after.
-    conv1: Conv,
-    conv2: Conv,
-}
-
-#[derive(Debug, Clone)]
-struct DenseNetPlan {
-    stem: Conv,
-    blocks: Vec<Vec<DenseLayerPlan>>,
-    /// (norm, 1×1 conv) per transition.
-    transitions: Vec<(Affine, Conv)>,
-    norm5: Affine,
-    growth: usize,
-    init_features: usize,
-}
-
-#[derive(Debug, Clone)]
-struct SeBlockPlan {
-    conv1: Conv,
-    conv2: Conv,
-    fc1: Linear,
-    fc2: Linear,
-    downsample: Option<Conv>,
-}
-
-#[derive(Debug, Clone)]
-struct SeResNetPlan {
-    stem: Conv,
-    blocks: Vec<SeBlockPlan>,
 }
 
 #[derive(Debug, Clone)]
@@ -465,13 +444,13 @@ pub struct CpuInference {
 
 /// Per-thread working memory, reused across layers.
 #[derive(Default)]
-struct Scratch {
-    a: Vec<f32>,
-    b: Vec<f32>,
-    c: Vec<f32>,
+pub(crate) struct Scratch {
+    pub(crate) a: Vec<f32>,
+    pub(crate) b: Vec<f32>,
+    pub(crate) c: Vec<f32>,
 }
 
-fn resize(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub(crate) fn resize(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if v.len() < len {
         v.resize(len, 0.0);
     }
@@ -488,119 +467,14 @@ impl CpuInference {
     ) -> Result<Self> {
         let wts = Weights { tensors };
         let plan = match config {
-            ModelConfig::Densenet(c) => {
-                c.validate()?;
-                let k = c.growth_rate;
-                let mid = c.bn_size * k;
-                let stem = wts.conv_bn(
-                    "features.conv0",
-                    "features.norm0",
-                    3,
-                    c.num_init_features,
-                    7,
-                    2,
-                    3,
-                )?;
-                let mut channels = c.num_init_features;
-                let mut blocks = Vec::new();
-                let mut transitions = Vec::new();
-                for (i, &layers) in c.block_config.iter().enumerate() {
-                    let mut block = Vec::with_capacity(layers);
-                    for j in 0..layers {
-                        let p = format!("features.denseblock{}.denselayer{}", i + 1, j + 1);
-                        let cin = channels + j * k;
-                        block.push(DenseLayerPlan {
-                            norm1: wts.affine(&format!("{p}.norm1"), cin)?,
-                            conv1: wts.conv_bn(
-                                &format!("{p}.conv1"),
-                                &format!("{p}.norm2"),
-                                cin,
-                                mid,
-                                1,
-                                1,
-                                0,
-                            )?,
-                            conv2: wts.conv(&format!("{p}.conv2"), mid, k, 3, 1, 1)?,
-                        });
-                    }
-                    channels += layers * k;
-                    blocks.push(block);
-                    if i + 1 < c.block_config.len() {
-                        let out = (channels as f64 * c.compression).floor() as usize;
-                        let p = format!("features.transition{}", i + 1);
-                        transitions.push((
-                            wts.affine(&format!("{p}.norm"), channels)?,
-                            wts.conv(&format!("{p}.conv"), channels, out, 1, 1, 0)?,
-                        ));
-                        channels = out;
-                    }
-                }
-                Plan::DenseNet(DenseNetPlan {
-                    stem,
-                    blocks,
-                    transitions,
-                    norm5: wts.affine("features.norm5", channels)?,
-                    growth: k,
-                    init_features: c.num_init_features,
-                })
-            }
-            ModelConfig::SeResnet(c) => {
-                c.validate()?;
-                let stem = wts.conv_bn("conv1", "bn1", 3, c.stem_width, 7, 2, 3)?;
-                let mut cin = c.stem_width;
-                let mut blocks = Vec::new();
-                for (i, (&n, &width)) in c.blocks.iter().zip(&c.widths).enumerate() {
-                    for j in 0..n {
-                        let p = format!("layer{}.{j}", i + 1);
-                        let stride = if j == 0 && i > 0 { 2 } else { 1 };
-                        let hidden = (width / c.se_reduction).max(1);
-                        let downsample = if stride != 1 || cin != width {
-                            Some(wts.conv_bn(
-                                &format!("{p}.downsample.0"),
-                                &format!("{p}.downsample.1"),
-                                cin,
-                                width,
-                                1,
-                                stride,
-                                0,
-                            )?)
-                        } else {
-                            None
-                        };
-                        blocks.push(SeBlockPlan {
-                            conv1: wts.conv_bn(
-                                &format!("{p}.conv1"),
-                                &format!("{p}.bn1"),
-                                cin,
-                                width,
-                                3,
-                                stride,
-                                1,
-                            )?,
-                            conv2: wts.conv_bn(
-                                &format!("{p}.conv2"),
-                                &format!("{p}.bn2"),
-                                width,
-                                width,
-                                3,
-                                1,
-                                1,
-                            )?,
-                            fc1: wts.linear(&format!("{p}.se.fc1"), width, hidden)?,
-                            fc2: wts.linear(&format!("{p}.se.fc2"), hidden, width)?,
-                            downsample,
-                        });
-                        cin = width;
-                    }
-                }
-                Plan::SeResNet(SeResNetPlan { stem, blocks })
-            }
+            ModelConfig::Densenet(c) => Plan::DenseNet(DenseNetPlan::new(c, &wts)?),
+            ModelConfig::SeResnet(c) => Plan::SeResNet(SeResNetPlan::new(c, &wts)?),
         };
         let features = config.num_features();
         Ok(Self {
             plan,
-            multilabel: wts.linear("heads.multilabel", features, num_findings)?,
-            binary: wts.linear("heads.binary", features, 1)?,
+            multilabel: wts.linear(crate::model::MULTILABEL_HEAD, features, num_findings)?,
+            binary: wts.linear(crate::model::BINARY_HEAD, features, 1)?,
         })
     }
 
@@ -649,143 +523,5 @@ impl CpuInference {
             Plan::DenseNet(p) => p.features(img, h, w, threads, &mut s),
             Plan::SeResNet(p) => p.features(img, h, w, threads, &mut s),
         }
-    }
-}
-
-impl DenseNetPlan {
-    fn features(
-        &self,
-        img: &[f32],
-        h: usize,
-        w: usize,
-        threads: usize,
-        s: &mut Scratch,
-    ) -> Vec<f32> {
-        // Stem: conv0 + norm0 + ReLU, then max pool into the first block.
-        let (sh, sw) = self.stem.out_dims(h, w);
-        let stem_out = resize(&mut s.a, self.stem.cout * sh * sw);
-        self.stem.run(img, h, w, stem_out, true, threads);
-        let (mut h, mut w) = (out_len(sh, 3, 2, 1), out_len(sw, 3, 2, 1));
-        let first_total = self.init_features + self.blocks[0].len() * self.growth;
-        let mut block_buf = vec![0f32; first_total * h * w];
-        max_pool_3x3_s2_p1(
-            &s.a[..self.stem.cout * sh * sw],
-            self.stem.cout,
-            sh,
-            sw,
-            &mut block_buf,
-        );
-        let mut channels = self.init_features;
-
-        for (i, block) in self.blocks.iter().enumerate() {
-            let hw = h * w;
-            for layer in block {
-                let (head, tail) = block_buf.split_at_mut(channels * hw);
-                let normed = resize(&mut s.a, channels * hw);
-                layer.norm1.relu_into(head, hw, normed, threads);
-                let mid = resize(&mut s.b, layer.conv1.cout * hw);
-                layer.conv1.run(normed, h, w, mid, true, threads);
-                let new = &mut tail[..self.growth * hw];
-                layer
-                    .conv2
-                    .run(&s.b[..layer.conv1.cout * hw], h, w, new, false, threads);
-                channels += self.growth;
-            }
-            if let Some((norm, conv)) = self.transitions.get(i) {
-                let (ph, pw) = (h / 2, w / 2);
-                let pooled = resize(&mut s.a, channels * ph * pw);
-                norm.relu_avg_pool2_into(&block_buf, h, w, pooled);
-                let next_total = conv.cout + self.blocks[i + 1].len() * self.growth;
-                let mut next = vec![0f32; next_total * ph * pw];
-                conv.run(
-                    &s.a[..channels * ph * pw],
-                    ph,
-                    pw,
-                    &mut next[..conv.cout * ph * pw],
-                    false,
-                    threads,
-                );
-                block_buf = next;
-                channels = conv.cout;
-                (h, w) = (ph, pw);
-            }
-        }
-        self.norm5.relu_mean(&block_buf[..channels * h * w], h * w)
-    }
-}
-
-impl SeResNetPlan {
-    fn features(
-        &self,
-        img: &[f32],
-        h: usize,
-        w: usize,
-        threads: usize,
-        s: &mut Scratch,
-    ) -> Vec<f32> {
-        let (sh, sw) = self.stem.out_dims(h, w);
-        let stem_out = resize(&mut s.a, self.stem.cout * sh * sw);
-        self.stem.run(img, h, w, stem_out, true, threads);
-        let (mut h, mut w) = (out_len(sh, 3, 2, 1), out_len(sw, 3, 2, 1));
-        let mut x = vec![0f32; self.stem.cout * h * w];
-        max_pool_3x3_s2_p1(
-            &s.a[..self.stem.cout * sh * sw],
-            self.stem.cout,
-            sh,
-            sw,
-            &mut x,
-        );
-        let mut channels = self.stem.cout;
-        for block in &self.blocks {
-            let (ho, wo) = block.conv1.out_dims(h, w);
-            let c = block.conv1.cout;
-            let t1 = resize(&mut s.a, c * ho * wo);
-            block.conv1.run(&x, h, w, t1, true, threads);
-            let mut out = vec![0f32; c * ho * wo];
-            block
-                .conv2
-                .run(&s.a[..c * ho * wo], ho, wo, &mut out, false, threads);
-            // Squeeze-excitation.
-            let squeezed: Vec<f32> = out
-                .chunks(ho * wo)
-                .map(|p| p.iter().sum::<f32>() / (ho * wo) as f32)
-                .collect();
-            let hidden: Vec<f32> = block
-                .fc1
-                .apply(&squeezed)
-                .into_iter()
-                .map(|v| v.max(0.0))
-                .collect();
-            let gates: Vec<f32> = block
-                .fc2
-                .apply(&hidden)
-                .into_iter()
-                .map(|v| 1.0 / (1.0 + (-v).exp()))
-                .collect();
-            // Shortcut, then out = relu(out·gate + shortcut).
-            let shortcut: &[f32] = match &block.downsample {
-                Some(conv) => {
-                    let sc = resize(&mut s.c, c * ho * wo);
-                    conv.run(&x, h, w, sc, false, threads);
-                    &s.c[..c * ho * wo]
-                }
-                None => &x[..channels * h * w],
-            };
-            for ((plane, sc), g) in out
-                .chunks_mut(ho * wo)
-                .zip(shortcut.chunks(ho * wo))
-                .zip(&gates)
-            {
-                for (o, &v) in plane.iter_mut().zip(sc) {
-                    *o = (*o * g + v).max(0.0);
-                }
-            }
-            x = out;
-            channels = c;
-            (h, w) = (ho, wo);
-        }
-        x.chunks(h * w)
-            .map(|p| p.iter().sum::<f32>() / (h * w) as f32)
-            .collect()
     }
 }

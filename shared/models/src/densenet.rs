@@ -14,9 +14,34 @@ use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::cpu as fused;
 use crate::layers::{conv2d, BatchNorm2d, Conv, KAIMING_FAN_IN};
 use crate::pool::MaxPool2d;
 use crate::{ModelError, Result};
+
+/// torchvision's state-dict names: the one place both the candle network
+/// and the fused CPU plan take them from.
+pub(crate) mod names {
+    pub const CONV0: &str = "features.conv0";
+    pub const NORM0: &str = "features.norm0";
+    pub const NORM5: &str = "features.norm5";
+    pub const NORM1: &str = "norm1";
+    pub const CONV1: &str = "conv1";
+    pub const NORM2: &str = "norm2";
+    pub const CONV2: &str = "conv2";
+    pub const TRANSITION_NORM: &str = "norm";
+    pub const TRANSITION_CONV: &str = "conv";
+
+    /// Layer `layer` of block `block` (both from 0).
+    pub fn layer(block: usize, layer: usize) -> String {
+        format!("features.denseblock{}.denselayer{}", block + 1, layer + 1)
+    }
+
+    /// The transition after block `block` (from 0).
+    pub fn transition(block: usize) -> String {
+        format!("features.transition{}", block + 1)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,10 +117,10 @@ impl DenseLayer {
     fn new(cin: usize, growth: usize, bn_size: usize, vb: VarBuilder) -> Result<Self> {
         let mid = bn_size * growth;
         Ok(Self {
-            norm1: BatchNorm2d::new(cin, vb.pp("norm1"))?,
-            conv1: conv2d(cin, mid, 1, 1, 0, KAIMING_FAN_IN, vb.pp("conv1"))?,
-            norm2: BatchNorm2d::new(mid, vb.pp("norm2"))?,
-            conv2: conv2d(mid, growth, 3, 1, 1, KAIMING_FAN_IN, vb.pp("conv2"))?,
+            norm1: BatchNorm2d::new(cin, vb.pp(names::NORM1))?,
+            conv1: conv2d(cin, mid, 1, 1, 0, KAIMING_FAN_IN, vb.pp(names::CONV1))?,
+            norm2: BatchNorm2d::new(mid, vb.pp(names::NORM2))?,
+            conv2: conv2d(mid, growth, 3, 1, 1, KAIMING_FAN_IN, vb.pp(names::CONV2))?,
         })
     }
 
@@ -153,18 +178,16 @@ impl DenseNet {
     /// `vb` is the model root; parameters live under `features.`.
     pub fn new(config: &DenseNetConfig, vb: VarBuilder) -> Result<Self> {
         config.validate()?;
-        let vb = vb.pp("features");
         let k = config.growth_rate;
         let mut channels = config.num_init_features;
-        let conv0 = conv2d(3, channels, 7, 2, 3, KAIMING_FAN_IN, vb.pp("conv0"))?;
-        let norm0 = BatchNorm2d::new(channels, vb.pp("norm0"))?;
+        let conv0 = conv2d(3, channels, 7, 2, 3, KAIMING_FAN_IN, vb.pp(names::CONV0))?;
+        let norm0 = BatchNorm2d::new(channels, vb.pp(names::NORM0))?;
         let mut blocks = Vec::new();
         let mut transitions = Vec::new();
         for (i, &num_layers) in config.block_config.iter().enumerate() {
-            let block_vb = vb.pp(format!("denseblock{}", i + 1));
             let mut layers = Vec::with_capacity(num_layers);
             for j in 0..num_layers {
-                let layer_vb = block_vb.pp(format!("denselayer{}", j + 1));
+                let layer_vb = vb.pp(names::layer(i, j));
                 layers.push(DenseLayer::new(
                     channels + j * k,
                     k,
@@ -176,15 +199,23 @@ impl DenseNet {
             blocks.push(DenseBlock { layers });
             if i + 1 < config.block_config.len() {
                 let out = (channels as f64 * config.compression).floor() as usize;
-                let tvb = vb.pp(format!("transition{}", i + 1));
+                let tvb = vb.pp(names::transition(i));
                 transitions.push(Transition {
-                    norm: BatchNorm2d::new(channels, tvb.pp("norm"))?,
-                    conv: conv2d(channels, out, 1, 1, 0, KAIMING_FAN_IN, tvb.pp("conv"))?,
+                    norm: BatchNorm2d::new(channels, tvb.pp(names::TRANSITION_NORM))?,
+                    conv: conv2d(
+                        channels,
+                        out,
+                        1,
+                        1,
+                        0,
+                        KAIMING_FAN_IN,
+                        tvb.pp(names::TRANSITION_CONV),
+                    )?,
                 });
                 channels = out;
             }
         }
-        let norm5 = BatchNorm2d::new(channels, vb.pp("norm5"))?;
+        let norm5 = BatchNorm2d::new(channels, vb.pp(names::NORM5))?;
         Ok(Self {
             conv0,
             norm0,
@@ -213,5 +244,148 @@ impl DenseNet {
             }
         }
         Ok(self.norm5.forward_t(&y, train)?.relu()?)
+    }
+}
+
+// ---------------------------------------------------------------- fused CPU plan
+
+/// The eval-mode network for [`crate::CpuInference`]: BatchNorms folded,
+/// one buffer per block instead of concatenation, transitions pooled first.
+#[derive(Debug, Clone)]
+struct DenseLayerPlan {
+    norm1: fused::Affine,
+    /// conv1 with norm2 folded; ReLU after.
+    conv1: fused::Conv,
+    conv2: fused::Conv,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct DenseNetPlan {
+    stem: fused::Conv,
+    blocks: Vec<Vec<DenseLayerPlan>>,
+    /// (norm, 1×1 conv) per transition.
+    transitions: Vec<(fused::Affine, fused::Conv)>,
+    norm5: fused::Affine,
+    growth: usize,
+    init_features: usize,
+}
+
+impl DenseNetPlan {
+    /// The fused plan of a DenseNet from its tensors, by the names the
+    /// candle network uses.
+    pub(crate) fn new(c: &DenseNetConfig, wts: &fused::Weights) -> Result<Self> {
+        c.validate()?;
+        let k = c.growth_rate;
+        let mid = c.bn_size * k;
+        let stem = wts.conv_bn(names::CONV0, names::NORM0, 3, c.num_init_features, 7, 2, 3)?;
+        let mut channels = c.num_init_features;
+        let mut blocks = Vec::new();
+        let mut transitions = Vec::new();
+        for (i, &layers) in c.block_config.iter().enumerate() {
+            let mut block = Vec::with_capacity(layers);
+            for j in 0..layers {
+                let p = names::layer(i, j);
+                let cin = channels + j * k;
+                block.push(DenseLayerPlan {
+                    norm1: wts.affine(&format!("{p}.{}", names::NORM1), cin)?,
+                    conv1: wts.conv_bn(
+                        &format!("{p}.{}", names::CONV1),
+                        &format!("{p}.{}", names::NORM2),
+                        cin,
+                        mid,
+                        1,
+                        1,
+                        0,
+                    )?,
+                    conv2: wts.conv(&format!("{p}.{}", names::CONV2), mid, k, 3, 1, 1)?,
+                });
+            }
+            channels += layers * k;
+            blocks.push(block);
+            if i + 1 < c.block_config.len() {
+                let out = (channels as f64 * c.compression).floor() as usize;
+                let p = names::transition(i);
+                transitions.push((
+                    wts.affine(&format!("{p}.{}", names::TRANSITION_NORM), channels)?,
+                    wts.conv(
+                        &format!("{p}.{}", names::TRANSITION_CONV),
+                        channels,
+                        out,
+                        1,
+                        1,
+                        0,
+                    )?,
+                ));
+                channels = out;
+            }
+        }
+        Ok(DenseNetPlan {
+            stem,
+            blocks,
+            transitions,
+            norm5: wts.affine(names::NORM5, channels)?,
+            growth: k,
+            init_features: c.num_init_features,
+        })
+    }
+
+    pub(crate) fn features(
+        &self,
+        img: &[f32],
+        h: usize,
+        w: usize,
+        threads: usize,
+        s: &mut fused::Scratch,
+    ) -> Vec<f32> {
+        // Stem: conv0 + norm0 + ReLU, then max pool into the first block.
+        let (sh, sw) = self.stem.out_dims(h, w);
+        let stem_out = fused::resize(&mut s.a, self.stem.cout * sh * sw);
+        self.stem.run(img, h, w, stem_out, true, threads);
+        let (mut h, mut w) = (fused::out_len(sh, 3, 2, 1), fused::out_len(sw, 3, 2, 1));
+        let first_total = self.init_features + self.blocks[0].len() * self.growth;
+        let mut block_buf = vec![0f32; first_total * h * w];
+        fused::max_pool_3x3_s2_p1(
+            &s.a[..self.stem.cout * sh * sw],
+            self.stem.cout,
+            sh,
+            sw,
+            &mut block_buf,
+        );
+        let mut channels = self.init_features;
+
+        for (i, block) in self.blocks.iter().enumerate() {
+            let hw = h * w;
+            for layer in block {
+                let (head, tail) = block_buf.split_at_mut(channels * hw);
+                let normed = fused::resize(&mut s.a, channels * hw);
+                layer.norm1.relu_into(head, hw, normed, threads);
+                let mid = fused::resize(&mut s.b, layer.conv1.cout * hw);
+                layer.conv1.run(normed, h, w, mid, true, threads);
+                let new = &mut tail[..self.growth * hw];
+                layer
+                    .conv2
+                    .run(&s.b[..layer.conv1.cout * hw], h, w, new, false, threads);
+                channels += self.growth;
+            }
+            if let Some((norm, conv)) = self.transitions.get(i) {
+                let (ph, pw) = (h / 2, w / 2);
+                let pooled = fused::resize(&mut s.a, channels * ph * pw);
+                norm.relu_avg_pool2_into(&block_buf, h, w, pooled);
+                let next_total = conv.cout + self.blocks[i + 1].len() * self.growth;
+                let mut next = vec![0f32; next_total * ph * pw];
+                conv.run(
+                    &s.a[..channels * ph * pw],
+                    ph,
+                    pw,
+                    &mut next[..conv.cout * ph * pw],
+                    false,
+                    threads,
+                );
+                block_buf = next;
+                channels = conv.cout;
+                (h, w) = (ph, pw);
+            }
+        }
+        self.norm5.relu_mean(&block_buf[..channels * h * w], h * w)
     }
 }

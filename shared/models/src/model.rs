@@ -12,6 +12,11 @@ use crate::layers::{check_input, global_avg_pool, linear, Linear};
 use crate::se_resnet::{SeResNet, SeResNetConfig};
 use crate::{ModelError, Result};
 
+/// State-dict names of the two heads (the candle model's and the fused CPU
+/// plan's).
+pub(crate) const MULTILABEL_HEAD: &str = "heads.multilabel";
+pub(crate) const BINARY_HEAD: &str = "heads.binary";
+
 /// Which network, and its shape. Serialised as
 /// `{"architecture": "densenet", ...}` / `{"architecture": "se_resnet", ...}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,8 +123,8 @@ impl ChestModel {
         };
         let features = config.num_features();
         let heads = DualHeads {
-            multilabel: linear(features, num_findings, vb.pp("heads.multilabel"))?,
-            binary: linear(features, 1, vb.pp("heads.binary"))?,
+            multilabel: linear(features, num_findings, vb.pp(MULTILABEL_HEAD))?,
+            binary: linear(features, 1, vb.pp(BINARY_HEAD))?,
         };
         Ok(Self {
             config: config.clone(),
