@@ -94,7 +94,9 @@ fuzz:
 	  ../../../.fuzz-corpus corpus/decode -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048
 
 # Full-size parity with PyTorch: fixtures generated (not committed), the
-# torchvision weight converter exercised, then the ignored parity tests.
+# torchvision weight converter exercised, then the ignored parity tests, at
+# gemm's FMA kernels (x86-64-v3) and, where the CPU has them, again at its
+# AVX-512 kernels (x86-64-v4): the gradient check must hold at any level.
 PYTHON ?= python3
 model-parity:
 	$(PYTHON) -c "import torch, torchvision, safetensors" 2>/dev/null || \
@@ -102,7 +104,13 @@ model-parity:
 	dir=$$(mktemp -d) && trap 'rm -rf "$$dir"' EXIT && \
 	  $(PYTHON) scripts/make_model_fixtures.py --full "$$dir" && \
 	  $(PYTHON) scripts/convert_torchvision_weights.py "$$dir/densenet121_torchvision_legacy.pth" "$$dir/densenet121_converted.safetensors" && \
-	  CHEXVISION_FULL_MODEL_FIXTURES="$$dir" $(CARGO) test --release --locked -p chexvision-models --test parity -- --ignored
+	  CHEXVISION_FULL_MODEL_FIXTURES="$$dir" $(CARGO) test --release --locked -p chexvision-models --test parity -- --ignored --nocapture && \
+	  if grep -qw avx512f /proc/cpuinfo; then \
+	    echo "model-parity: again with gemm's AVX-512 kernels (x86-64-v4)" >&2; \
+	    CHEXVISION_FULL_MODEL_FIXTURES="$$dir" $(CARGO) test --release --locked -p chexvision-models --features chexvision-models/gemm-avx512 --test parity -- --ignored --nocapture; \
+	  else \
+	    echo "model-parity: this CPU has no AVX-512: one kernel level only" >&2; \
+	  fi
 
 bench-models:
 	scripts/bench_models.sh $(or $(REPS),5)

@@ -108,25 +108,103 @@ fn check_eval(fx: &Fixture) -> f32 {
     d
 }
 
+/// Our float32 gradients and PyTorch's, each held to the float64 truth.
 #[derive(Default)]
 struct Float64Report {
-    tensors: usize,
-    ours_closer: usize,
-    ours_worst: (String, f32),
-    torch_worst: f32,
+    /// (tensor, our error, PyTorch float32's error), relative to the
+    /// tensor's largest magnitude.
+    errors: Vec<(String, f32, f32)>,
 }
+
+/// The error of a correct float32 gradient against float64 depends on the
+/// order of its sums (the kernels the CPU selects): on one tensor ours may
+/// miss by many times what PyTorch's misses by, or the reverse, at random.
+/// What holds for any correct implementation is the distribution: our
+/// median and 90th-percentile errors within this factor of PyTorch's.
+const QUANTILE_FACTOR: f32 = 3.0;
+/// Below this relative error both are simply right.
+const ERROR_FLOOR: f32 = 1e-5;
 
 impl Float64Report {
     fn record(&mut self, name: &str, ours: f32, torch: f32) {
-        self.tensors += 1;
-        if ours <= torch {
-            self.ours_closer += 1;
-        }
-        if ours > self.ours_worst.1 {
-            self.ours_worst = (name.to_string(), ours);
-        }
-        self.torch_worst = self.torch_worst.max(torch);
+        self.errors.push((name.to_string(), ours, torch));
     }
+
+    fn quantile(values: impl Iterator<Item = f32>, q: f64) -> f32 {
+        let mut values: Vec<f32> = values.collect();
+        values.sort_by(f32::total_cmp);
+        values[((values.len() - 1) as f64 * q).round() as usize]
+    }
+
+    /// Panics on gradients that are wrong, not merely rounded differently
+    /// (see [`Float64Report::problems`]).
+    fn check(&self) {
+        let closer = self.errors.iter().filter(|(_, o, t)| o <= t).count();
+        let (worst_name, worst) = self
+            .errors
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(n, o, _)| (n.as_str(), *o))
+            .unwrap_or(("", 0.0));
+        let torch_worst = self.errors.iter().map(|e| e.2).fold(0f32, f32::max);
+        let q = |ours: bool, q: f64| {
+            Self::quantile(self.errors.iter().map(|e| if ours { e.1 } else { e.2 }), q)
+        };
+        println!(
+            "  against float64 ({}): ours worst {worst:.2e} ({worst_name}), PyTorch float32 worst {torch_worst:.2e}; \
+             median {:.2e} / {:.2e}, 90th percentile {:.2e} / {:.2e} (ours / PyTorch); ours closer on {closer} of {} tensors",
+            gemm_kernels(),
+            q(true, 0.5),
+            q(false, 0.5),
+            q(true, 0.9),
+            q(false, 0.9),
+            self.errors.len(),
+        );
+        let problems = self.problems();
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+
+    /// What makes these gradients wrong, if anything: a worst error above
+    /// 1.5 × PyTorch float32's worst (one tensor badly off), or a median or
+    /// 90th-percentile error above [`QUANTILE_FACTOR`] × PyTorch's (a
+    /// systematic error, which shifts every tensor: a missing term, a
+    /// transposed weight, a scale off by a few per cent).
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let worst = self.errors.iter().map(|e| e.1).fold(0f32, f32::max);
+        let torch_worst = self.errors.iter().map(|e| e.2).fold(0f32, f32::max);
+        if worst > 1.5 * torch_worst.max(RELATIVE_TOLERANCE) {
+            problems.push(format!(
+                "worst gradient error {worst:.2e} exceeds 1.5 × PyTorch float32's worst {torch_worst:.2e}"
+            ));
+        }
+        for q in [0.5, 0.9] {
+            let ours = Self::quantile(self.errors.iter().map(|e| e.1), q);
+            let torch = Self::quantile(self.errors.iter().map(|e| e.2), q);
+            if ours > QUANTILE_FACTOR * torch.max(ERROR_FLOOR) {
+                problems.push(format!(
+                    "quantile {q} of the gradient errors {ours:.2e} exceeds {QUANTILE_FACTOR} × PyTorch float32's {torch:.2e}"
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// The matrix-multiply kernels gemm runs on this CPU with this build.
+fn gemm_kernels() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if cfg!(feature = "gemm-avx512") && std::arch::is_x86_feature_detected!("avx512f") {
+            return "gemm AVX-512 kernels (x86-64-v4)";
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            return "gemm FMA kernels (x86-64-v3)";
+        }
+        "gemm scalar kernels"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    "gemm kernels of this architecture"
 }
 
 struct TrainReport {
@@ -171,10 +249,13 @@ fn check_train(fx: &Fixture) -> TrainReport {
     // With a float64 reference (full-size fixtures) both float32 gradients
     // are held to the float64 truth. Train-mode BatchNorm at batch 2 over
     // 100+ layers is ill-conditioned: PyTorch's own float32 gradients miss
-    // the truth by up to percents, tensor by tensor at random. Ours must be
-    // as accurate overall: worst error at most 1.5 × PyTorch's worst, and
-    // closer to the truth than PyTorch on at least half of the tensors.
+    // the truth by up to percents, tensor by tensor at random, and which of
+    // two correct float32 implementations is closer on a tensor depends on
+    // the kernels the CPU selects. So ours is held to PyTorch's error per
+    // tensor, with room for rounding (see `Float64Report::check`).
     let mut float64 = Float64Report::default();
+    // The same check on our gradients made 2 % wrong: it must fail.
+    let mut wrong = Float64Report::default();
     for (name, var) in &trainable {
         let reference = &fx.io[&format!("grad.{name}")];
         let grad = grads
@@ -186,6 +267,8 @@ fn check_train(fx: &Fixture) -> TrainReport {
             let ours = max_abs_diff(grad, truth) / scale;
             let torch = max_abs_diff(reference, truth) / scale;
             float64.record(name, ours, torch);
+            let skewed = grad.affine(1.02, 0.0).unwrap();
+            wrong.record(name, max_abs_diff(&skewed, truth) / scale, torch);
         } else {
             assert!(
                 rel <= RELATIVE_TOLERANCE,
@@ -196,23 +279,11 @@ fn check_train(fx: &Fixture) -> TrainReport {
             worst_grad = (name.clone(), rel);
         }
     }
-    if float64.tensors > 0 {
-        println!(
-            "  against float64: ours worst {:.2e} ({}), PyTorch float32 worst {:.2e}; ours closer on {} of {} tensors",
-            float64.ours_worst.1, float64.ours_worst.0, float64.torch_worst, float64.ours_closer, float64.tensors
-        );
-        assert!(
-            float64.ours_worst.1 <= 1.5 * float64.torch_worst.max(RELATIVE_TOLERANCE),
-            "worst gradient error {:?} against float64 exceeds 1.5 × PyTorch float32's {}",
-            float64.ours_worst,
-            float64.torch_worst
-        );
-        assert!(
-            2 * float64.ours_closer >= float64.tensors,
-            "closer to float64 than PyTorch float32 on only {} of {} tensors",
-            float64.ours_closer,
-            float64.tensors
-        );
+    if !float64.errors.is_empty() {
+        float64.check();
+        let caught = wrong.problems();
+        println!("  the same gradients 2 % off: {caught:?}");
+        assert!(!caught.is_empty(), "the check passes gradients 2 % off");
     }
     // Every PyTorch parameter has a gradient here.
     let grad_refs = fx.io.keys().filter(|k| k.starts_with("grad.")).count();
