@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_runtime::auth::PayloadSigningOverride;
 use aws_sdk_s3::{
     config::{
         http::HttpResponse, retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion,
@@ -16,6 +17,14 @@ use aws_sdk_s3::{
     types::{CompletedMultipartUpload, CompletedPart},
     Client,
 };
+use aws_smithy_runtime_api::{
+    box_error::BoxError,
+    client::{
+        interceptors::{context::BeforeTransmitInterceptorContextMut, Intercept},
+        runtime_components::RuntimeComponents,
+    },
+};
+use aws_smithy_types::config_bag::ConfigBag;
 use bytes::{Bytes, BytesMut};
 use chexvision_config::S3Settings;
 use tokio::task::JoinSet;
@@ -136,7 +145,12 @@ impl S3Store {
         if if_absent {
             request = request.if_none_match("*");
         }
-        match request.send().await {
+        let sent = request
+            .customize()
+            .interceptor(PrecomputedPayloadHash(sha256.clone()))
+            .send()
+            .await;
+        match sent {
             Ok(_) => Ok(PutReceipt {
                 key: key.to_owned(),
                 uri: self.uri(key),
@@ -200,6 +214,28 @@ impl S3Store {
                 detail,
             },
         }
+    }
+}
+
+/// Signs a PUT with the body's sha256 computed already (off the async
+/// threads), instead of the SDK hashing the whole body again on them.
+#[derive(Debug)]
+struct PrecomputedPayloadHash(String);
+
+impl Intercept for PrecomputedPayloadHash {
+    fn name(&self) -> &'static str {
+        "PrecomputedPayloadHash"
+    }
+
+    fn modify_before_signing(
+        &self,
+        _context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> std::result::Result<(), BoxError> {
+        cfg.interceptor_state()
+            .store_put(PayloadSigningOverride::Precomputed(self.0.clone()));
+        Ok(())
     }
 }
 
