@@ -3,6 +3,11 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
+# Cargo profile of every build here: dev for people, ci in CI (one build
+# shared by the tests, the model parity and the tiny run; see Cargo.toml).
+PROFILE ?= dev
+PROFILE_DIR := $(if $(filter dev,$(PROFILE)),debug,$(if $(filter bench,$(PROFILE)),release,$(PROFILE)))
+TARGET_DIR = $${CARGO_TARGET_DIR:-$(CURDIR)/target}
 
 .PHONY: help test test-unit lint fmt build deps stack-up stack-down stack-status demo clean-stack bench bench-models fuzz model-parity cuda-build tiny-auc
 
@@ -27,9 +32,9 @@ help:
 test: lint deps
 	eval "$$(scripts/stack.sh up)" && \
 	  CHEXVISION_REQUIRE_STACK=1 \
-	  CHEXVISION_PREPROCESS_BIN="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/chexvision-preprocess" \
-	  CHEXVISION_TRAINER_BIN="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/chexvision-trainer" \
-	  $(CARGO) test --workspace --locked --lib --bins --tests 2>&1 \
+	  CHEXVISION_PREPROCESS_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision-preprocess" \
+	  CHEXVISION_TRAINER_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision-trainer" \
+	  $(CARGO) test --profile $(PROFILE) --workspace --locked --lib --bins --tests 2>&1 \
 	  | awk '{ print } /^test result:/ { passed += $$4; failed += $$6 } \
 	         END { printf "%d passed, %d failed\n", passed, failed }'
 
@@ -41,11 +46,11 @@ deps:
 	    apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 test-unit:
-	$(CARGO) test --workspace --locked --lib --bins --tests
+	$(CARGO) test --profile $(PROFILE) --workspace --locked --lib --bins --tests
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy --profile $(PROFILE) --workspace --all-targets --locked -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
@@ -98,16 +103,20 @@ fuzz:
 # gemm's FMA kernels (x86-64-v3) and, where the CPU has them, again at its
 # AVX-512 kernels (x86-64-v4): the gradient check must hold at any level.
 PYTHON ?= python3
+PARITY_PROFILE ?= $(if $(filter dev,$(PROFILE)),release,$(PROFILE))
+# In CI the parity test resolves features as the whole workspace's test
+# build does, so it reuses that build instead of compiling candle again.
+PARITY_SCOPE ?= $(if $(filter dev,$(PROFILE)),-p chexvision-models,--workspace)
 model-parity:
 	$(PYTHON) -c "import torch, torchvision, safetensors" 2>/dev/null || \
 	  $(PYTHON) -m pip install -q torch torchvision safetensors
 	dir=$$(mktemp -d) && trap 'rm -rf "$$dir"' EXIT && \
 	  $(PYTHON) scripts/make_model_fixtures.py --full "$$dir" && \
 	  $(PYTHON) scripts/convert_torchvision_weights.py "$$dir/densenet121_torchvision_legacy.pth" "$$dir/densenet121_converted.safetensors" && \
-	  CHEXVISION_FULL_MODEL_FIXTURES="$$dir" $(CARGO) test --release --locked -p chexvision-models --test parity -- --ignored --nocapture && \
+	  CHEXVISION_FULL_MODEL_FIXTURES="$$dir" $(CARGO) test --profile $(PARITY_PROFILE) --locked $(PARITY_SCOPE) --test parity -- --ignored --nocapture && \
 	  if grep -qw avx512f /proc/cpuinfo; then \
 	    echo "model-parity: again with gemm's AVX-512 kernels (x86-64-v4)" >&2; \
-	    CHEXVISION_FULL_MODEL_FIXTURES="$$dir" $(CARGO) test --release --locked -p chexvision-models --features chexvision-models/gemm-avx512 --test parity -- --ignored --nocapture; \
+	    CHEXVISION_FULL_MODEL_FIXTURES="$$dir" $(CARGO) test --profile $(PARITY_PROFILE) --locked $(PARITY_SCOPE) --features chexvision-models/gemm-avx512 --test parity -- --ignored --nocapture; \
 	  else \
 	    echo "model-parity: this CPU has no AVX-512: one kernel level only" >&2; \
 	  fi
@@ -118,12 +127,17 @@ bench-models:
 # The tiny recipe must learn the synthetic findings: 2,000 images, ingest,
 # preprocess, train (release build, about 2 minutes on 2 cores).
 tiny-auc:
+ifeq ($(PROFILE),dev)
 	TINY_QUIET=1 scripts/tiny_auc.sh
+else
+	$(CARGO) test --profile $(PROFILE) --workspace --locked --lib --bins --tests --no-run -q
+	TINY_QUIET=1 CHEXVISION_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision" scripts/tiny_auc.sh
+endif
 
 # The GPU path must keep compiling: candle's CUDA backend with a CUDA 13
 # toolchain from PyPI wheels and a stub driver (scripts/cuda_toolkit.sh).
 # Builds and links; running needs a GPU node.
 cuda-build:
 	env_lines="$$(scripts/cuda_toolkit.sh)" && eval "$$env_lines" && \
-	  $(CARGO) build --locked -p chexvision-models -p chexvision-trainer \
+	  $(CARGO) build --profile $(PROFILE) --locked -p chexvision-models -p chexvision-trainer \
 	    --features chexvision-models/cuda,chexvision-trainer/cuda --examples --bins

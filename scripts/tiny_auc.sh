@@ -12,6 +12,7 @@
 # set and the shards and trains a new run); without it a temporary folder is
 # used and removed at the end. Settings (environment, defaults shown):
 #   CHEXVISION_BIN=        the chexvision binary; empty: cargo build --release -p chexvision-cli
+#                          (`make tiny-auc PROFILE=ci` passes the one the tests built)
 #   TINY_CONFIG=configs/tiny.yaml
 #   TINY_ROWS=2000 TINY_SEED=1 TINY_SYNTH_SIZE=256
 #   TINY_MIN_FINDING_SHARE=0.08   every finding in >= 8 % of images (synth --min-finding-share)

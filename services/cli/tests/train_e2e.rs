@@ -10,7 +10,9 @@
 //!   history, every checkpoint announced on the checkpoints topic, and the
 //!   same final model and validation AUC as the reference; the same request
 //!   sent again starts nothing; a request naming an unknown config lands in
-//!   the dead-letter topic with that reason.
+//!   the dead-letter topic with that reason;
+//! * two trainer replicas in one group, both looking for runs every second:
+//!   one request trains once, each epoch by the replica holding the lease.
 //!
 //! The service binary belongs to another package: the test builds it unless
 //! `CHEXVISION_TRAINER_BIN` names one. Skipped without the stack, unless
@@ -405,4 +407,92 @@ async fn training_by_hand_and_by_request_survives_sigkill_and_gives_the_same_mod
     );
     let status = trainer.terminate();
     assert!(status.success(), "exit after SIGTERM: {status}");
+
+    // Two replicas in one group, each scanning the store every second for
+    // runs that need work: one request, one run, each epoch trained once by
+    // the replica holding the run's lease.
+    let replica = |name: &str| {
+        let mut env = service_env.clone();
+        env.retain(|(k, _)| !k.ends_with("group.instance.id"));
+        env.extend([
+            (
+                "CHEXVISION_KAFKA__PROPERTIES__group.instance.id".to_string(),
+                format!("e2e-trainer-{unique}-{name}"),
+            ),
+            (
+                "CHEXVISION_SERVICE__INSTANCE_ID".to_string(),
+                name.to_string(),
+            ),
+            (
+                "CHEXVISION_SERVICE__RESCAN_SECS".to_string(),
+                "1".to_string(),
+            ),
+        ]);
+        Service::start(
+            &binary,
+            &trainer_config,
+            &env,
+            &format!("chexvision-trainer {name}"),
+        )
+    };
+    let mut a = replica("replica-a");
+    let mut b = replica("replica-b");
+    let (address_a, address_b) = (a.http_address().await, b.http_address().await);
+    cli(&env, &["events", "send"], Some(&request("pair", "")));
+    let deadline = Deadline::new("the last checkpoint of run pair");
+    while !checkpoints_of(&checkpoints, "pair")
+        .iter()
+        .any(|c| c.is_final)
+    {
+        deadline.tick(&mut a).await;
+        b.assert_running();
+    }
+    let history: serde_json::Value =
+        serde_json::from_slice(&store.get("runs/pair/history.json").await.unwrap()).unwrap();
+    let epochs: Vec<u64> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(epochs, vec![0, 1, 2], "each epoch once");
+    let per_epoch = history[0]["train_images"].as_f64().unwrap();
+    let trained = |address| {
+        metric(
+            &metrics_text(address),
+            "chexvision_trainer_images_total",
+            &[],
+        )
+        .unwrap_or(0.0)
+    };
+    let (images_a, images_b) = (trained(address_a), trained(address_b));
+    assert_eq!(
+        images_a + images_b,
+        3.0 * per_epoch,
+        "images trained by replica a ({images_a}) and b ({images_b}): each epoch once"
+    );
+    assert!(
+        images_a == 0.0 || images_b == 0.0,
+        "one replica trains the run: a {images_a}, b {images_b}"
+    );
+    assert_eq!(
+        checkpoints_of(&checkpoints, "pair").len(),
+        3,
+        "each checkpoint announced once"
+    );
+    for (replica, address) in [("a", address_a), ("b", address_b)] {
+        assert_eq!(
+            counter(
+                &metrics_text(address),
+                "chexvision_trainer_runs_total",
+                &[("outcome", "lost_lease")]
+            ),
+            0,
+            "replica {replica} lost a lease"
+        );
+    }
+    for mut replica in [a, b] {
+        let status = replica.terminate();
+        assert!(status.success(), "exit after SIGTERM: {status}");
+    }
 }
