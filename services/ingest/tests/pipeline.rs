@@ -472,3 +472,154 @@ async fn service_ingests_requests_and_dead_letters_bad_ones() {
     let first = Envelope::decode_checked(&subscription_event[0].payload).unwrap();
     assert_eq!(first.correlation_id(), good.correlation_id());
 }
+
+/// A data team's mistakes on `chexvision.ingest.requests`: each is refused
+/// (dead-lettered at once) with a reason naming the field and the bound, and
+/// the valid request after it is still ingested. Before, shard sizes from a
+/// request bypassed the service's bounds, and a synthetic request could ask
+/// for 99,999,999 images of 4096 px.
+#[tokio::test]
+async fn hostile_ingest_requests_are_refused_and_the_next_valid_one_is_served() {
+    use chexvision_bus::{Delivery, Handler, HandlerError};
+    use chexvision_events::{IngestRequested, SourceFormat, TrainingRequested};
+    use chexvision_ingest::service::IngestHandler;
+
+    let h = harness().await;
+    let handler = IngestHandler {
+        ingest: h.ingest(IngestSettings::default()),
+        s3: S3Settings::default(),
+        metrics: None,
+    };
+    let synthetic = |id: &str| IngestRequested {
+        request_id: id.into(),
+        dataset_id: id.into(),
+        source_format: SourceFormat::Synthetic as i32,
+        synthetic_rows: 12,
+        synthetic_size_px: 64,
+        synthetic_seed: 1,
+        ..Default::default()
+    };
+    let delivery = |topic: &str, body: Body| Delivery {
+        topic: topic.to_owned(),
+        partition: 0,
+        offset: 0,
+        key: Vec::new(),
+        payload: Envelope::new(body, "test").to_bytes(),
+        headers: Vec::new(),
+    };
+    let requests = &h.topics.ingest_requests;
+    let hostile: Vec<(Delivery, &str)> = vec![
+        (
+            delivery(
+                requests,
+                IngestRequested {
+                    shard_target_rows: u32::MAX,
+                    ..synthetic("rows")
+                }
+                .into(),
+            ),
+            "shard_target_rows 4294967295 is above this service's limit of 65536",
+        ),
+        (
+            delivery(
+                requests,
+                IngestRequested {
+                    shard_target_bytes: 10,
+                    ..synthetic("tiny-bytes")
+                }
+                .into(),
+            ),
+            "shard_target_bytes 10 is outside 1024..=",
+        ),
+        (
+            delivery(
+                requests,
+                IngestRequested {
+                    shard_target_bytes: u64::MAX,
+                    ..synthetic("huge-bytes")
+                }
+                .into(),
+            ),
+            "service.max_shard_bytes",
+        ),
+        (
+            delivery(
+                requests,
+                IngestRequested {
+                    synthetic_rows: 99_999_999,
+                    ..synthetic("many")
+                }
+                .into(),
+            ),
+            "synthetic_rows 99999999 is above this service's limit of 120000",
+        ),
+        (
+            delivery(
+                requests,
+                IngestRequested {
+                    synthetic_size_px: 4096,
+                    ..synthetic("large")
+                }
+                .into(),
+            ),
+            "synthetic_size_px 4096 is above this service's limit of 1024",
+        ),
+        (
+            delivery(
+                requests,
+                IngestRequested {
+                    dataset_id: "../escape".into(),
+                    ..synthetic("escape")
+                }
+                .into(),
+            ),
+            "invalid dataset id",
+        ),
+        (
+            delivery(&h.topics.shards_raw, synthetic("wrong-topic").into()),
+            "belongs on chexvision.ingest.requests, not on chexvision.shards.raw",
+        ),
+        (
+            delivery(
+                requests,
+                TrainingRequested {
+                    request_id: "r".into(),
+                    ..Default::default()
+                }
+                .into(),
+            ),
+            "belongs on chexvision.training.requests",
+        ),
+    ];
+    for (i, (hostile, want)) in hostile.iter().enumerate() {
+        let err = handler.handle(hostile).await.unwrap_err();
+        assert!(matches!(err, HandlerError::Malformed(_)), "{want}: {err}");
+        assert!(
+            err.to_string().contains(want),
+            "{err} should contain {want:?}"
+        );
+        let valid = format!("valid-{i}");
+        handler
+            .handle(&delivery(requests, synthetic(&valid).into()))
+            .await
+            .unwrap_or_else(|e| panic!("the valid request after {want:?} failed: {e}"));
+        assert_eq!(h.manifest(&valid).await.rows_total, 12);
+    }
+    for refused in [
+        "rows",
+        "tiny-bytes",
+        "huge-bytes",
+        "many",
+        "large",
+        "wrong-topic",
+    ] {
+        assert!(
+            h.store
+                .list(&format!("datasets/{refused}/"))
+                .await
+                .unwrap()
+                .is_empty(),
+            "{refused} wrote something"
+        );
+    }
+}

@@ -332,3 +332,130 @@ async fn a_stale_or_bad_announcement_is_refused() {
         "{err}"
     );
 }
+
+/// Mistaken or hostile records on `chexvision.shards.raw`: each is refused
+/// at once (dead-lettered) with a reason naming the problem, and a valid
+/// shard after it is still prepared.
+#[tokio::test]
+async fn hostile_raw_shard_events_are_refused_and_the_next_valid_one_is_served() {
+    use chexvision_bus::{Delivery, Handler, HandlerError};
+    use chexvision_events::TrainingRequested;
+
+    let h = harness().await;
+    let valid = put_raw_shard(&h, &[raw_row("00000001_000.png", tiny_png(3))]).await;
+    let mut settings = PreprocessSettings {
+        size_px: 16,
+        ..PreprocessSettings::default()
+    };
+    settings.max_shard_bytes = valid.shard.as_ref().unwrap().size_bytes + 10;
+    let handler = PreprocessHandler {
+        preprocess: Preprocess {
+            store: h.store.clone(),
+            bus: h.bus.clone(),
+            topics: h.topics.clone(),
+            settings,
+        },
+        metrics: None,
+    };
+    let delivery = |topic: &str, body: Body| Delivery {
+        topic: topic.to_owned(),
+        partition: 0,
+        offset: 0,
+        key: Vec::new(),
+        payload: Envelope::new(body, "test").to_bytes(),
+        headers: Vec::new(),
+    };
+    let with = |edit: &dyn Fn(&mut ShardWritten)| {
+        let mut event = valid.clone();
+        edit(&mut event);
+        Body::ShardWritten(event)
+    };
+    // A raw shard larger than the service takes.
+    let big_rows: Vec<ShardRow> = (0..40)
+        .map(|i| raw_row(&format!("00000002_{i:03}.png"), tiny_png(i as u8)))
+        .collect();
+    let big_bytes = write_shard(&big_rows, &ShardOptions::default()).unwrap();
+    let big = h
+        .store
+        .put(
+            "datasets/hand/raw/train/shard-00001.parquet",
+            Bytes::from(big_bytes),
+        )
+        .await
+        .unwrap();
+    let raw = &h.topics.shards_raw;
+    let hostile: Vec<(Delivery, &str)> = vec![
+        (
+            delivery(
+                raw,
+                with(&|e| e.shard.as_mut().unwrap().sha256 = "abc".into()),
+            ),
+            "no valid shard sha256",
+        ),
+        (
+            delivery(raw, with(&|e| e.shard_index = u32::MAX)),
+            "shard index 4294967295 is above the limit",
+        ),
+        (
+            delivery(raw, with(&|e| e.dataset_id = "../../etc".into())),
+            "invalid dataset id",
+        ),
+        (
+            delivery(
+                raw,
+                with(&|e| {
+                    e.shard_index = 1;
+                    e.shard.as_mut().unwrap().sha256 = big.sha256.clone();
+                }),
+            ),
+            "above service.max_shard_bytes",
+        ),
+        (
+            delivery(raw, with(&|e| e.stage = ShardStage::Ready as i32)),
+            "belongs on chexvision.shards.ready",
+        ),
+        (
+            delivery(
+                raw,
+                TrainingRequested {
+                    request_id: "r".into(),
+                    ..Default::default()
+                }
+                .into(),
+            ),
+            "belongs on chexvision.training.requests",
+        ),
+    ];
+    for (i, (hostile, want)) in hostile.iter().enumerate() {
+        let err = handler.handle(hostile).await.unwrap_err();
+        assert!(matches!(err, HandlerError::Malformed(_)), "{want}: {err}");
+        assert!(
+            err.to_string().contains(want),
+            "{err} should contain {want:?}"
+        );
+        // A valid shard of another dataset after each.
+        let mut next = valid.clone();
+        next.dataset_id = format!("hand{i}");
+        let key = format!("datasets/hand{i}/raw/train/shard-00000.parquet");
+        h.store
+            .put(
+                &key,
+                h.store
+                    .get("datasets/hand/raw/train/shard-00000.parquet")
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        handler
+            .handle(&delivery(raw, Body::ShardWritten(next)))
+            .await
+            .unwrap_or_else(|e| panic!("the valid shard after {want:?} failed: {e}"));
+        h.store
+            .head(&format!(
+                "datasets/hand{i}/ready/16px/train/shard-00000.parquet"
+            ))
+            .await
+            .unwrap();
+    }
+}

@@ -906,3 +906,83 @@ async fn two_workers_on_one_run_train_each_epoch_once() {
         "the lease is handed back"
     );
 }
+
+/// The entry point `chexvision-trainer`'s `main` uses, on the shared
+/// runtime: a request on the bus becomes a completed run, and a requested
+/// stop is a clean one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_entry_point_trains_a_request() {
+    let h = harness().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("trainer.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "http:\n  bind: 127.0.0.1:0\nlog:\n  format: pretty\nservice:\n  configs_dir: {}\n  default_config: corners\n  densenet_config: corners\n  se_resnet_config: corners\n",
+            h.settings.configs_dir
+        ),
+    )
+    .unwrap();
+    let store_dir = dir.path().join("store");
+    copy_store(h.store.as_ref(), &store_dir).await;
+    let args = chexvision_service::ServiceArgs {
+        config: Some(config),
+        store: Some(format!("file://{}", store_dir.display())),
+        bus: Some("memory://".into()),
+    };
+    let service = chexvision_service::Service::<TrainerServiceSettings>::start(
+        chexvision_trainer::service::PRODUCER,
+        &args,
+    )
+    .await
+    .unwrap();
+    let tasks = chexvision_trainer::service::spawn(&service, Device::Cpu)
+        .await
+        .unwrap();
+    let (bus, store, shutdown) = (
+        service.bus.clone(),
+        service.store.clone(),
+        service.shutdown.clone(),
+    );
+    publish_event(
+        bus.as_ref(),
+        &h.topics.training_requests,
+        "k",
+        &Envelope::new(request("via-spawn", "corners", ""), "tests"),
+    )
+    .await
+    .unwrap();
+    let waiter = tokio::spawn(async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(Some(state)) = read_run_state(store.as_ref(), "via-spawn").await {
+                if state.status == RunStatus::Completed {
+                    break state;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the run never completed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let state = waiter.await.unwrap();
+    assert_eq!(state.epochs_done, 2);
+    shutdown.cancel();
+    service
+        .run_until_shutdown(tasks)
+        .await
+        .expect("a requested stop is clean");
+}
+
+/// Copies every object of `from` into a folder store at `to`.
+async fn copy_store(from: &dyn ObjectStore, to: &Path) {
+    let target = FsStore::open(to).await.unwrap();
+    for object in from.list("").await.unwrap() {
+        target
+            .put(&object.key, from.get(&object.key).await.unwrap())
+            .await
+            .unwrap();
+    }
+}
