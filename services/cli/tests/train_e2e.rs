@@ -104,7 +104,9 @@ async fn training_by_hand_and_by_request_survives_sigkill_and_gives_the_same_mod
             .clone()
     };
 
-    // 400 synthetic images, 32 px ready shards.
+    // 400 synthetic images, 64 px ready shards: an epoch long enough (over a
+    // second in an optimised build) for the test to kill the service in
+    // the middle of one.
     let source = tempfile::tempdir().unwrap();
     let source_path = source.path().display().to_string();
     cli(
@@ -143,7 +145,7 @@ async fn training_by_hand_and_by_request_survives_sigkill_and_gives_the_same_mod
             "--dataset-id",
             "e2e",
             "--size",
-            "32",
+            "64",
             "--quiet",
         ],
         None,
@@ -154,7 +156,7 @@ async fn training_by_hand_and_by_request_survives_sigkill_and_gives_the_same_mod
     std::fs::write(
         configs.path().join("e2e.yaml"),
         format!(
-            "inherits: {}\nservice:\n  image_size: 32\n  recipe:\n    epochs: 3\n    batch_size: 16\n",
+            "inherits: {}\nservice:\n  image_size: 64\n  recipe:\n    epochs: 3\n    batch_size: 16\n",
             repo_file("configs/tiny.yaml")
         ),
     )
@@ -413,8 +415,14 @@ async fn training_by_hand_and_by_request_survives_sigkill_and_gives_the_same_mod
     // the replica holding the run's lease.
     let replica = |name: &str| {
         let mut env = service_env.clone();
-        env.retain(|(k, _)| !k.ends_with("group.instance.id"));
+        // A group of their own: the static member stopped above keeps its
+        // partitions in the old group until its session expires.
+        env.retain(|(k, _)| !k.ends_with("group.instance.id") && !k.ends_with("__GROUP"));
         env.extend([
+            (
+                "CHEXVISION_SERVICE__GROUP".to_string(),
+                format!("e2e-trainer-pair-{unique}"),
+            ),
             (
                 "CHEXVISION_KAFKA__PROPERTIES__group.instance.id".to_string(),
                 format!("e2e-trainer-{unique}-{name}"),
