@@ -18,7 +18,7 @@
 //! `CHEXVISION_TRAINER_BIN` names one. Skipped without the stack, unless
 //! CHEXVISION_REQUIRE_STACK=1 (make test, CI).
 
-use std::{collections::BTreeMap, io::Write, path::Path, process::Stdio};
+use std::{collections::BTreeMap, io::Write, path::Path, process::Stdio, time::Duration};
 
 mod common;
 use chexvision_bus::{Bus, TopicSpec};
@@ -236,26 +236,31 @@ async fn training_by_hand_and_by_request_survives_sigkill_and_gives_the_same_mod
     };
     cli(&env, &["events", "send"], Some(&request("cut", "")));
 
-    // SIGKILL while epoch 1 trains: epoch 0 announced, epoch 1 not finished.
-    let deadline = Deadline::new("epoch 0 of run cut");
-    while checkpoints_of(&checkpoints, "cut").is_empty() {
-        deadline.tick(&mut trainer).await;
-    }
-    let images_after_epoch_0 = metric(
-        &metrics_text(address),
-        "chexvision_trainer_images_total",
-        &[],
-    )
-    .unwrap();
-    while metric(
-        &metrics_text(address),
-        "chexvision_trainer_images_total",
-        &[],
-    )
-    .unwrap()
-        < images_after_epoch_0 + 32.0
-    {
-        deadline.tick(&mut trainer).await;
+    // SIGKILL while epoch 1 trains: epoch 0 done, epoch 1 not finished. The
+    // service's own metrics say where it is (read every 10 ms: an epoch
+    // here is well under a second in an optimised build, and a checkpoint
+    // seen on the topic can arrive after the next epoch has ended).
+    let deadline = Deadline::new("epoch 1 of run cut");
+    let progress = |address| {
+        let text = metrics_text(address);
+        (
+            metric(&text, "chexvision_trainer_epoch", &[]).unwrap_or(0.0),
+            metric(&text, "chexvision_trainer_images_total", &[]).unwrap_or(0.0),
+        )
+    };
+    let images_after_epoch_0 = loop {
+        let (epoch, images) = progress(address);
+        if epoch >= 1.0 {
+            break images;
+        }
+        deadline
+            .tick_every(&mut trainer, Duration::from_millis(10))
+            .await;
+    };
+    while progress(address).1 < images_after_epoch_0 + 32.0 {
+        deadline
+            .tick_every(&mut trainer, Duration::from_millis(10))
+            .await;
     }
     trainer.kill();
     let state: serde_json::Value =

@@ -226,6 +226,11 @@ impl Deadline {
     }
 
     pub async fn tick(&self, service: &mut Service) {
+        self.tick_every(service, Duration::from_millis(100)).await
+    }
+
+    /// [`Deadline::tick`], sleeping `interval` instead of 100 ms.
+    pub async fn tick_every(&self, service: &mut Service, interval: Duration) {
         service.assert_running();
         assert!(
             Instant::now() < self.until,
@@ -233,7 +238,7 @@ impl Deadline {
             self.what,
             service.log_tail(40)
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(interval).await;
     }
 }
 
