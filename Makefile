@@ -136,8 +136,11 @@ endif
 
 # The GPU path must keep compiling: candle's CUDA backend with a CUDA 13
 # toolchain from PyPI wheels and a stub driver (scripts/cuda_toolkit.sh).
-# Builds and links; running needs a GPU node.
+# Builds and links; running needs a GPU node. tokio's `process` and
+# `io-std` are what the tests' dev-dependencies add: with them the features
+# match the test build's, so every crate above tokio (the AWS SDK, actix,
+# rdkafka) is reused from it instead of compiled a second time.
 cuda-build:
 	env_lines="$$(scripts/cuda_toolkit.sh)" && eval "$$env_lines" && \
 	  $(CARGO) build --profile $(PROFILE) --locked -p chexvision-models -p chexvision-trainer \
-	    --features chexvision-models/cuda,chexvision-trainer/cuda --examples --bins
+	    --features chexvision-models/cuda,chexvision-trainer/cuda,tokio/process,tokio/io-std --examples --bins
