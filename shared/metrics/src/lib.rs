@@ -6,9 +6,38 @@
 //! - [`multilabel_auc`]: per-class AUC and their macro mean over the classes
 //!   where it is defined; undefined classes are reported and left out, with a
 //!   warning, as a validation split without a single Hernia case would be.
-//! - [`ThresholdCounts`]: precision, recall and F1 at a threshold (a score at
-//!   or above it is a positive prediction; 0 where sklearn's `zero_division=0`
-//!   gives 0).
+//! - [`ThresholdCounts`]: the binary confusion matrix at a threshold (a
+//!   score at or above it is a positive prediction) with precision, recall,
+//!   specificity and F1 (0 where sklearn's `zero_division=0` gives 0).
+//! - [`curves`]: ROC and precision–recall curves, [`average_precision`]
+//!   (sklearn's `average_precision_score`), and [`choose_threshold`] (max F1
+//!   or Youden's J) for per-class thresholds chosen on validation.
+//! - [`calibration`]: [`brier_score`], the reliability curve and the
+//!   expected calibration error ([`ECE_BINS`] equal-width bins).
+//! - [`bootstrap`]: percentile intervals for per-class and macro AUC that
+//!   resample patients, seeded, in parallel ([`PatientData`]).
+//! - [`delong`]: DeLong's test of two correlated AUCs on the same images.
+//!
+//! Every metric of a class with a single outcome (no positive or no
+//! negative) is undefined (None), never a made-up number.
+
+pub mod bootstrap;
+pub mod calibration;
+pub mod curves;
+pub mod delong;
+
+pub use bootstrap::{
+    paired_macro_bootstrap, AucIntervals, BootstrapConfig, Interval, PairedMacro, PatientData,
+    MIN_RESAMPLES,
+};
+pub use calibration::{brier_score, calibration, Calibration, ReliabilityBin, ECE_BINS};
+pub use curves::{
+    average_precision, choose_threshold, precision_recall_curve, roc_curve, CurvePoint,
+    ThresholdRule,
+};
+pub use delong::{delong_test, DeLong};
+
+use serde::{Deserialize, Serialize};
 
 /// Area under the ROC curve of `scores` against `labels`; None when all
 /// labels are equal (no positive or no negative) or the lengths differ.
@@ -90,7 +119,7 @@ pub fn multilabel_auc(scores: &[f64], labels: &[bool], classes: usize) -> MultiL
 }
 
 /// Confusion counts of predictions `score >= threshold`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThresholdCounts {
     pub true_positives: u64,
     pub false_positives: u64,
@@ -132,6 +161,30 @@ impl ThresholdCounts {
             self.true_positives,
             self.true_positives + self.false_negatives,
         )
+    }
+
+    /// TN / (TN + FP): the recall of the negatives.
+    pub fn specificity(&self) -> f64 {
+        Self::ratio(
+            self.true_negatives,
+            self.true_negatives + self.false_positives,
+        )
+    }
+
+    pub fn accuracy(&self) -> f64 {
+        Self::ratio(
+            self.true_positives + self.true_negatives,
+            self.true_positives + self.true_negatives + self.false_positives + self.false_negatives,
+        )
+    }
+
+    /// scikit-learn's `confusion_matrix` layout: rows are the true class
+    /// (negative, positive), columns the predicted one.
+    pub fn matrix(&self) -> [[u64; 2]; 2] {
+        [
+            [self.true_negatives, self.false_positives],
+            [self.false_negatives, self.true_positives],
+        ]
     }
 
     /// 2·TP / (2·TP + FP + FN), as sklearn computes it.
