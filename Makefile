@@ -34,16 +34,21 @@ test: lint deps
 	  CHEXVISION_REQUIRE_STACK=1 \
 	  CHEXVISION_PREPROCESS_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision-preprocess" \
 	  CHEXVISION_TRAINER_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision-trainer" \
+	  CHEXVISION_EVALUATOR_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision-evaluator" \
 	  $(CARGO) test --profile $(PROFILE) --workspace --locked --lib --bins --tests 2>&1 \
 	  | awk '{ print } /^test result:/ { passed += $$4; failed += $$6 } \
 	         END { printf "%d passed, %d failed\n", passed, failed }'
 
-# Test tools from Debian's packages: a real Prometheus scrapes /metrics.
+# Test tools: a real Prometheus (Debian's package) scrapes /metrics, and
+# scikit-learn (PyPI) recomputes the evaluator's AUCs in its end-to-end test.
 deps:
 	@command -v prometheus >/dev/null || { \
 	  echo "installing prometheus (Debian package)" >&2; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@$(PYTHON) -c "import sklearn" 2>/dev/null || { \
+	  echo "installing scikit-learn (PyPI)" >&2; \
+	  $(PYTHON) -m pip install -q --root-user-action=ignore scikit-learn; }
 
 test-unit:
 	$(CARGO) test --profile $(PROFILE) --workspace --locked --lib --bins --tests

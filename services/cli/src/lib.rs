@@ -4,10 +4,13 @@
 //! settable in the config file and as `CHEXVISION_STORE` / `CHEXVISION_BUS`).
 //! Commands: `synth` (synthetic chest X-rays in the NIH layout), `ingest`
 //! (a source to Parquet shards, announced), `preprocess` (ready shards),
-//! `events send|decode|example` (JSON to protobuf events on a topic and back)
-//! and `topics create`. Later: train, evaluate, serve, demo, registry.
+//! `events send|decode|example` (JSON to protobuf events on a topic and back),
+//! `topics create`, `train`, `evaluate` (a report with intervals, TTA and
+//! ensembles) and `registry list|show|promote|rollback|history`. Later:
+//! serve, demo.
 
 pub mod data;
+mod evaluate;
 mod train;
 
 use std::{
@@ -57,6 +60,13 @@ pub enum Command {
     /// Train a model on a dataset's ready shards (--config: a training
     /// config such as configs/tiny.yaml); re-run with --run-id to resume.
     Train(train::TrainArgs),
+    /// Evaluate a run's checkpoint on the test split: report.json with
+    /// confidence intervals, predictions.parquet, plots, report.md
+    /// (--config: an evaluator config such as configs/evaluator.yaml).
+    Evaluate(evaluate::EvaluateArgs),
+    /// The model registry: versions, the production pointer, its history.
+    #[command(subcommand)]
+    Registry(evaluate::RegistryCommand),
     /// Send and read platform events as JSON.
     #[command(subcommand)]
     Events(EventsCommand),
@@ -140,12 +150,21 @@ pub async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
     if let Command::Train(args) = &cli.command {
         return train::train(&cli, args, out).await;
     }
+    // So does the evaluator's (evaluation settings, promotion policy).
+    if let Command::Evaluate(args) = &cli.command {
+        return evaluate::evaluate_command(&cli, args, out).await;
+    }
+    if let Command::Registry(command) = &cli.command {
+        return evaluate::registry_command(&cli, command, out).await;
+    }
     let config = cli.load_config()?;
     match cli.command {
         Command::Synth(args) => data::synth(args, &config, out).await,
         Command::Ingest(args) => data::ingest(args, &config, out).await,
         Command::Preprocess(args) => data::preprocess(args, &config, out).await,
-        Command::Train(_) => unreachable!("handled above"),
+        Command::Train(_) | Command::Evaluate(_) | Command::Registry(_) => {
+            unreachable!("handled above")
+        }
         Command::Events(EventsCommand::Send {
             topic,
             key,

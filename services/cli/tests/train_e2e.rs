@@ -18,7 +18,7 @@
 //! `CHEXVISION_TRAINER_BIN` names one. Skipped without the stack, unless
 //! CHEXVISION_REQUIRE_STACK=1 (make test, CI).
 
-use std::{collections::BTreeMap, io::Write, path::Path, process::Stdio, time::Duration};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 mod common;
 use chexvision_bus::{Bus, TopicSpec};
@@ -26,38 +26,9 @@ use chexvision_events::{Body, CheckpointCreated};
 use chexvision_models::Checkpoint;
 use chexvision_store::{sha256_hex, ObjectStore, S3Store};
 use common::{
-    chexvision, counter, metric, metrics_text, service_binary, stack, Deadline, Service,
+    cli, counter, metric, metrics_text, repo_file, service_binary, stack, Deadline, Service,
     TopicReader,
 };
-
-fn repo_file(path: &str) -> String {
-    format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs the CLI with `env`, expecting success; its stdout.
-fn cli(env: &[(String, String)], args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = chexvision()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("CHEXVISION_LOG__LEVEL", "error")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
-    }
-    drop(input);
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 fn checkpoints_of(reader: &TopicReader, run_id: &str) -> Vec<CheckpointCreated> {
     reader

@@ -23,6 +23,36 @@ pub fn chexvision() -> Command {
     Command::new(env!("CARGO_BIN_EXE_chexvision"))
 }
 
+/// A file of the repository.
+pub fn repo_file(path: &str) -> String {
+    format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the CLI with `env`, expecting success; its stdout.
+pub fn cli(env: &[(String, String)], args: &[&str], stdin: Option<&str>) -> String {
+    let mut child = chexvision()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("CHEXVISION_LOG__LEVEL", "error")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 pub struct Stack {
     pub config: PlatformConfig,
     pub bucket: String,
@@ -342,4 +372,109 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         }
     }
     None
+}
+
+/// The `prometheus` binary on PATH (Debian's package), if any.
+pub fn prometheus_binary() -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join("prometheus"))
+        .find(|candidate| candidate.is_file())
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real Prometheus on loopback that scrapes the targets listed in a file
+/// (re-read every second, so a restarted service's new port is followed).
+pub struct Prometheus {
+    child: Child,
+    pub port: u16,
+    targets: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub fn start(binary: &Path) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let targets = dir.path().join("targets.json");
+        std::fs::write(&targets, "[]").unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: chexvision\n    file_sd_configs:\n      - files: ['{}']\n        refresh_interval: 1s\n",
+                targets.display()
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new(binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus");
+        Prometheus {
+            child,
+            port,
+            targets,
+            dir,
+        }
+    }
+
+    /// Scrape `address` (and only it) from now on.
+    pub fn scrape(&self, address: SocketAddr) {
+        let tmp = self.targets.with_extension("tmp");
+        std::fs::write(&tmp, format!(r#"[{{"targets": ["{address}"]}}]"#)).unwrap();
+        std::fs::rename(&tmp, &self.targets).unwrap();
+    }
+
+    /// The value of a one-series instant query, if Prometheus has it.
+    pub fn query(&self, promql: &str) -> Option<f64> {
+        let mut encoded = String::new();
+        for b in promql.bytes() {
+            if b.is_ascii_alphanumeric() || b"_.-".contains(&b) {
+                encoded.push(b as char);
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            stream,
+            "GET /api/v1/query?query={encoded} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (_, body) = response.split_once("\r\n\r\n")?;
+        let json: serde_json::Value = serde_json::from_str(body).ok()?;
+        json["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
