@@ -433,6 +433,7 @@ pub fn evaluate(
             ready_manifest_sha256: manifest_sha,
             synthetic: manifest.manifest.synthetic,
             image_size_px: size,
+            rows_per_split: manifest.manifest.rows_per_split.clone(),
         },
         model: main.info.clone(),
         ensemble,

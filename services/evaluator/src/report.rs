@@ -73,6 +73,8 @@ pub struct DatasetInfo {
     pub ready_manifest_sha256: String,
     pub synthetic: bool,
     pub image_size_px: u32,
+    /// Ready images per split (the manifest's counts).
+    pub rows_per_split: BTreeMap<String, u64>,
 }
 
 /// A model that scored the images.

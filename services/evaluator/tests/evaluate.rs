@@ -109,6 +109,8 @@ async fn a_report_its_predictions_plots_and_decisions() {
     let a = run(&store, &request("a")).unwrap();
     let report = &a.report;
     assert_eq!(report.images, 96, "both test shards scored");
+    assert_eq!(report.dataset.rows_per_split["test"], 96);
+    assert_eq!(report.dataset.rows_per_split["validation"], 48);
     assert_eq!(report.split, "test");
     assert!(report.dataset.synthetic);
     assert_eq!(report.findings.len(), 14);
