@@ -35,6 +35,9 @@ use crate::settings::EvaluationSettings;
 use crate::summary::{model_card_section, report_markdown};
 use crate::EvalError;
 
+/// Further models an ensemble may average with the first.
+pub const MAX_ENSEMBLE: usize = 7;
+
 /// Which checkpoint of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckpointChoice {
@@ -327,7 +330,16 @@ pub fn evaluate(
         progress,
         interrupted,
     } = hooks;
-    let problems = request.settings.problems();
+    let mut problems = request.settings.problems();
+    if request.ensemble.len() > MAX_ENSEMBLE {
+        problems.push((
+            "ensemble".into(),
+            format!(
+                "{} further models; at most {MAX_ENSEMBLE} (each is held in memory)",
+                request.ensemble.len()
+            ),
+        ));
+    }
     if !problems.is_empty() {
         let text: Vec<String> = problems.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         return Err(EvalError::Invalid(text.join("; ")));

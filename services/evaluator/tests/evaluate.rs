@@ -338,6 +338,10 @@ async fn errors_name_the_problem() {
     few.settings.bootstrap_resamples = 10;
     let err = run(&store, &few).unwrap_err().to_string();
     assert!(err.contains("bootstrap_resamples"), "{err}");
+    let mut crowd = request("a");
+    crowd.ensemble = vec![request("b").model; 8];
+    let err = run(&store, &crowd).unwrap_err().to_string();
+    assert!(err.contains("at most 7"), "{err}");
 
     // Interrupted between batches.
     let err = tokio::task::block_in_place(|| {
