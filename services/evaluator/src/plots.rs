@@ -153,37 +153,41 @@ fn output_names() -> Vec<String> {
         .collect()
 }
 
-pub fn roc_png(scores: &SplitScores) -> Result<Vec<u8>, EvalError> {
-    let curves: Vec<Curve> = output_names()
+/// One panel per output: its curve and, in its legend, the curve's summary.
+fn output_curves(
+    scores: &SplitScores,
+    curve: fn(&[f64], &[bool]) -> Option<Vec<chexvision_metrics::CurvePoint>>,
+    summary: fn(&[f64], &[bool]) -> Option<f64>,
+    summary_name: &str,
+) -> Vec<Curve> {
+    output_names()
         .into_iter()
         .enumerate()
         .map(|(c, name)| {
             let (s, l) = (scores.probability(c), scores.label(c));
-            let points = roc_curve(&s, &l)
+            let points = curve(&s, &l)
                 .map(|p| p.iter().map(|p| (p.x, p.y)).collect())
                 .unwrap_or_default();
-            let legend = chexvision_metrics::roc_auc(&s, &l)
-                .map_or("AUC undefined".into(), |a| format!("AUC {a:.3}"));
+            let legend = summary(&s, &l).map_or(format!("{summary_name} undefined"), |a| {
+                format!("{summary_name} {a:.3}")
+            });
             (name, points, legend)
         })
-        .collect();
+        .collect()
+}
+
+pub fn roc_png(scores: &SplitScores) -> Result<Vec<u8>, EvalError> {
+    let curves = output_curves(scores, roc_curve, chexvision_metrics::roc_auc, "AUC");
     curve_grid(&curves, "false positive rate", "true positive rate", true)
 }
 
 pub fn pr_png(scores: &SplitScores) -> Result<Vec<u8>, EvalError> {
-    let curves: Vec<Curve> = output_names()
-        .into_iter()
-        .enumerate()
-        .map(|(c, name)| {
-            let (s, l) = (scores.probability(c), scores.label(c));
-            let points = precision_recall_curve(&s, &l)
-                .map(|p| p.iter().map(|p| (p.x, p.y)).collect())
-                .unwrap_or_default();
-            let legend = chexvision_metrics::average_precision(&s, &l)
-                .map_or("AP undefined".into(), |a| format!("AP {a:.3}"));
-            (name, points, legend)
-        })
-        .collect();
+    let curves = output_curves(
+        scores,
+        precision_recall_curve,
+        chexvision_metrics::average_precision,
+        "AP",
+    );
     curve_grid(&curves, "recall", "precision", false)
 }
 

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use chexvision_dataset::LABELS;
 use chexvision_metrics::{
-    average_precision, brier_score, calibration, choose_threshold, roc_auc, AucIntervals,
-    BootstrapConfig, Calibration, PatientData, ThresholdCounts, ThresholdRule, ECE_BINS,
+    average_precision, brier_score, calibration, choose_threshold, roc_auc, BootstrapConfig,
+    Calibration, PatientData, ThresholdCounts, ThresholdRule, ECE_BINS,
 };
 use serde::{Deserialize, Serialize};
 
@@ -165,7 +165,6 @@ pub struct ComputedMetrics {
     pub undefined_findings: Vec<String>,
     pub calibration: Option<Calibration>,
     pub patients: usize,
-    pub intervals: Option<AucIntervals>,
 }
 
 /// Computes every metric of `test`, with thresholds chosen on `validation`.
@@ -239,7 +238,6 @@ pub fn compute(
         findings,
         binary,
         patients,
-        intervals,
     }
 }
 

@@ -11,11 +11,11 @@ use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chexvision_dataset::{read_shard, ImageFormat, ShardRow, LABELS};
+use chexvision_dataset::{read_shard, ShardRow, LABELS};
 use chexvision_models::candle_core::{Device, Tensor};
 use chexvision_models::{Checkpoint, ChestModel, CpuInference, ModelConfig};
 use chexvision_store::ObjectStore;
-use chexvision_vision::{decode_gray8, to_tensor_imagenet, tta_views, DecodeLimits, GrayImage8};
+use chexvision_vision::{to_tensor_imagenet, tta_views};
 use rayon::prelude::*;
 
 use crate::EvalError;
@@ -226,29 +226,19 @@ fn score_batch(
     out: &mut SplitScores,
 ) -> Result<usize, EvalError> {
     let rows = std::mem::take(batch);
-    let prepared: Vec<Result<Vec<Vec<f32>>, String>> =
-        rows.par_iter()
-            .map(|row| {
-                let image = match row.image_format {
-                    ImageFormat::Gray8 => GrayImage8::new(size, size, row.image.to_vec())
-                        .map_err(|e| e.to_string())?,
-                    _ => decode_gray8(&row.image, &DecodeLimits::default())
-                        .map_err(|e| e.to_string())?,
-                };
-                if image.width != size || image.height != size {
-                    return Err(format!(
-                        "{}×{}, expected {size}×{size} (the model's input size)",
-                        image.width, image.height
-                    ));
-                }
-                if tta {
-                    let views = tta_views(&image).map_err(|e| e.to_string())?;
-                    Ok(views.iter().map(to_tensor_imagenet).collect())
-                } else {
-                    Ok(vec![to_tensor_imagenet(&image)])
-                }
-            })
-            .collect();
+    let prepared: Vec<Result<Vec<Vec<f32>>, String>> = rows
+        .par_iter()
+        .map(|row| {
+            let image = chexvision_trainer::ready_image(row, size)
+                .map_err(|reason| format!("{reason} (the model's input size)"))?;
+            if tta {
+                let views = tta_views(&image).map_err(|e| e.to_string())?;
+                Ok(views.iter().map(to_tensor_imagenet).collect())
+            } else {
+                Ok(vec![to_tensor_imagenet(&image)])
+            }
+        })
+        .collect();
     let mut pixels = Vec::new();
     let mut kept = Vec::new();
     let mut views = 1;

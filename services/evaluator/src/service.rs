@@ -412,8 +412,9 @@ impl EvaluatorWorker {
         let runtime = tokio::runtime::Handle::current();
         let worker = self.clone();
         let stop = shutdown.clone();
+        let evaluated = job.clone();
         let (outcome, promotion) =
-            tokio::task::spawn_blocking(move || worker.evaluate_job(runtime, &job, &stop))
+            tokio::task::spawn_blocking(move || worker.evaluate_job(runtime, &evaluated, &stop))
                 .await
                 .map_err(|e| EvalError::Invalid(format!("evaluation thread: {e}")))??;
         // Announce, then mark done: a crash in between announces again
@@ -440,7 +441,7 @@ impl EvaluatorWorker {
         // announcement is retried until it goes through or shutdown (then
         // the job is still pending and the next start evaluates it again).
         let mut pause = Duration::from_millis(500);
-        while let Err(e) = self.announce(&outcome, &promotion).await {
+        while let Err(e) = self.announce(&job, &outcome, &promotion).await {
             tracing::warn!(error = %e, ?pause, "announcing the evaluation failed; trying again");
             tokio::select! {
                 _ = shutdown.cancelled() => return Err(EvalError::Interrupted),
@@ -448,11 +449,8 @@ impl EvaluatorWorker {
             }
             pause = (pause * 2).min(Duration::from_secs(30));
         }
-        let key = job_key(&report.run_id, &report.model.checkpoint_sha256);
-        let mut done: EvaluationJob = get_json(self.store.as_ref(), &key)
-            .await
-            .map_err(|e| EvalError::Store(e.to_string()))?
-            .ok_or_else(|| EvalError::Store(format!("{key} vanished")))?;
+        let key = job_key(&job.run_id, &job.checkpoint_sha256);
+        let mut done = job;
         done.status = JobStatus::Done;
         done.report_key = Some(outcome.report_key.clone());
         put_json(self.store.as_ref(), &key, &done)
@@ -540,20 +538,17 @@ impl EvaluatorWorker {
 
     async fn announce(
         &self,
+        job: &EvaluationJob,
         outcome: &crate::EvaluationOutcome,
         promotion: &Promotion,
     ) -> Result<(), EvalError> {
         let report = &outcome.report;
         let model = &report.model;
-        let job = job_key(&report.run_id, &model.checkpoint_sha256);
-        let cause: Option<EvaluationJob> = get_json(self.store.as_ref(), &job).await.ok().flatten();
-        let (correlation, causation) = cause.as_ref().map_or((String::new(), String::new()), |j| {
-            (j.correlation_id.clone(), j.event_id.clone())
-        });
+        let (correlation, causation) = (&job.correlation_id, &job.event_id);
         let checkpoint = ObjectRef {
             uri: model.checkpoint_uri.clone(),
             sha256: model.checkpoint_sha256.clone(),
-            size_bytes: cause.as_ref().map_or(0, |j| j.checkpoint_size),
+            size_bytes: job.checkpoint_size,
         };
         let completed = EvaluationCompleted {
             run_id: report.run_id.clone(),
@@ -577,7 +572,7 @@ impl EvaluatorWorker {
                 .collect(),
             promoted: promotion.change.is_some(),
         };
-        let event = Envelope::continuing(&correlation, &causation, completed, PRODUCER);
+        let event = Envelope::continuing(correlation, causation, completed, PRODUCER);
         publish_event(
             self.bus.as_ref(),
             &self.topics.evaluations,
@@ -588,7 +583,7 @@ impl EvaluatorWorker {
         .map_err(|e| EvalError::Store(format!("publishing EvaluationCompleted: {e}")))?;
         if let Some(change) = &promotion.change {
             let promoted = model_promoted(self.store.as_ref(), change);
-            let event = Envelope::continuing(&correlation, &causation, promoted, PRODUCER);
+            let event = Envelope::continuing(correlation, causation, promoted, PRODUCER);
             publish_event(
                 self.bus.as_ref(),
                 &self.topics.models_promoted,

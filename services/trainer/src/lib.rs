@@ -48,7 +48,7 @@ mod train;
 pub use alloc::TrainingAllocator;
 pub use card::model_card;
 pub use limits::RunLimits;
-pub use loader::{EpochBatches, LoaderConfig, LoaderError, ShardLoader};
+pub use loader::{ready_image, EpochBatches, LoaderConfig, LoaderError, ShardLoader};
 pub use metrics::TrainerMetrics;
 pub use optim::{AdamW, GradAccumulator};
 pub use recipe::{

@@ -272,18 +272,8 @@ impl Assembler {
         let prepared: Vec<Prepared> = self.pool.install(|| {
             rows.par_iter()
                 .map(|row| {
-                    let image = match row.image_format {
-                        ImageFormat::Gray8 => GrayImage8::new(size, size, row.image.to_vec())
-                            .map_err(|e| e.to_string())?,
-                        _ => decode_gray8(&row.image, &DecodeLimits::default())
-                            .map_err(|e| e.to_string())?,
-                    };
-                    if image.width != size || image.height != size {
-                        return Err(format!(
-                            "{}: {}×{}, expected {size}×{size}",
-                            row.filename, image.width, image.height
-                        ));
-                    }
+                    let image = ready_image(row, size)
+                        .map_err(|reason| format!("{}: {reason}", row.filename))?;
                     let image = match &augment_config {
                         Some(cfg) => augment(&image, cfg, image_seed(seed, epoch, &row.filename))
                             .map_err(|e| e.to_string())?,
@@ -323,6 +313,24 @@ impl Assembler {
             abnormal: tensor(abnormal, &[count, 1])?,
         })
     }
+}
+
+/// The image of a ready shard's row (raw 8-bit pixels or an encoded
+/// image), which must be `size` × `size`; why not, otherwise.
+pub fn ready_image(row: &ShardRow, size: u32) -> Result<GrayImage8, String> {
+    let image = match row.image_format {
+        ImageFormat::Gray8 => {
+            GrayImage8::new(size, size, row.image.to_vec()).map_err(|e| e.to_string())?
+        }
+        _ => decode_gray8(&row.image, &DecodeLimits::default()).map_err(|e| e.to_string())?,
+    };
+    if image.width != size || image.height != size {
+        return Err(format!(
+            "{}×{}, expected {size}×{size}",
+            image.width, image.height
+        ));
+    }
+    Ok(image)
 }
 
 /// Augmentation seed of one image in one epoch: independent of which
