@@ -27,7 +27,7 @@ use chexvision_events::Body;
 use chexvision_store::{ObjectStore, S3Store};
 use common::{
     cli, counter, metric, metrics_text, prometheus_binary, repo_file, service_binary, stack,
-    Deadline, Prometheus, Service, TopicReader,
+    topic_env, topic_of, Deadline, Prometheus, Service, TopicReader,
 };
 
 fn checkpoint_event(run_id: &str) -> String {
@@ -86,31 +86,21 @@ async fn evaluations_promotions_dead_letters_restarts_and_prometheus() {
     let prefix = format!("e2e-eval-{unique}");
     let store_uri = format!("s3://{bucket}/{prefix}");
     let store = S3Store::connect(&bucket, &prefix, &config.s3).unwrap();
-    let mut env: Vec<(String, String)> = [
-        "SHARDS_RAW",
-        "SHARDS_READY",
-        "DATASETS",
-        "CHECKPOINTS",
-        "EVALUATIONS",
-        "MODELS_PROMOTED",
-        "DEAD_LETTER",
-    ]
-    .iter()
-    .map(|t| {
-        (
-            format!("CHEXVISION_TOPICS__{t}"),
-            format!("test.e2e.eval.{}.{unique}", t.to_lowercase()),
-        )
-    })
-    .collect();
+    let mut env = topic_env(
+        "eval",
+        &unique,
+        &[
+            "SHARDS_RAW",
+            "SHARDS_READY",
+            "DATASETS",
+            "CHECKPOINTS",
+            "EVALUATIONS",
+            "MODELS_PROMOTED",
+            "DEAD_LETTER",
+        ],
+    );
     env.push(("CHEXVISION_STORE".into(), store_uri.clone()));
-    let topic = |name: &str| {
-        env.iter()
-            .find(|(k, _)| k == &format!("CHEXVISION_TOPICS__{name}"))
-            .unwrap()
-            .1
-            .clone()
-    };
+    let topic = |name: &str| topic_of(&env, name);
 
     // Data and two runs, by hand.
     let source = tempfile::tempdir().unwrap();

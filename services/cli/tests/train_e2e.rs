@@ -26,8 +26,8 @@ use chexvision_events::{Body, CheckpointCreated};
 use chexvision_models::Checkpoint;
 use chexvision_store::{sha256_hex, ObjectStore, S3Store};
 use common::{
-    cli, counter, metric, metrics_text, repo_file, service_binary, stack, Deadline, Service,
-    TopicReader,
+    cli, counter, metric, metrics_text, repo_file, service_binary, stack, topic_env, topic_of,
+    Deadline, Service, TopicReader,
 };
 
 fn checkpoints_of(reader: &TopicReader, run_id: &str) -> Vec<CheckpointCreated> {
@@ -50,30 +50,20 @@ async fn training_by_hand_and_by_request_survives_sigkill_and_gives_the_same_mod
     let prefix = format!("e2e-train-{unique}");
     let store_uri = format!("s3://{bucket}/{prefix}");
     let store = S3Store::connect(&bucket, &prefix, &config.s3).unwrap();
-    let mut env: Vec<(String, String)> = [
-        "SHARDS_RAW",
-        "SHARDS_READY",
-        "DATASETS",
-        "TRAINING_REQUESTS",
-        "CHECKPOINTS",
-        "DEAD_LETTER",
-    ]
-    .iter()
-    .map(|t| {
-        (
-            format!("CHEXVISION_TOPICS__{t}"),
-            format!("test.e2e.train.{}.{unique}", t.to_lowercase()),
-        )
-    })
-    .collect();
+    let mut env = topic_env(
+        "train",
+        &unique,
+        &[
+            "SHARDS_RAW",
+            "SHARDS_READY",
+            "DATASETS",
+            "TRAINING_REQUESTS",
+            "CHECKPOINTS",
+            "DEAD_LETTER",
+        ],
+    );
     env.push(("CHEXVISION_STORE".into(), store_uri.clone()));
-    let topic = |name: &str| {
-        env.iter()
-            .find(|(k, _)| k == &format!("CHEXVISION_TOPICS__{name}"))
-            .unwrap()
-            .1
-            .clone()
-    };
+    let topic = |name: &str| topic_of(&env, name);
 
     // 400 synthetic images, 64 px ready shards: an epoch long enough (over a
     // second in an optimised build) for the test to kill the service in

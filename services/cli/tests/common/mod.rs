@@ -23,6 +23,29 @@ pub fn chexvision() -> Command {
     Command::new(env!("CARGO_BIN_EXE_chexvision"))
 }
 
+/// `CHEXVISION_TOPICS__{NAME}` for each of `names`, every topic of its own
+/// (`test.e2e.{suite}.{name}.{unique}`), so runs never read each other's.
+pub fn topic_env(suite: &str, unique: &str, names: &[&str]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .map(|t| {
+            (
+                format!("CHEXVISION_TOPICS__{t}"),
+                format!("test.e2e.{suite}.{}.{unique}", t.to_lowercase()),
+            )
+        })
+        .collect()
+}
+
+/// The topic `env` (from [`topic_env`]) gives `name`.
+pub fn topic_of(env: &[(String, String)], name: &str) -> String {
+    let key = format!("CHEXVISION_TOPICS__{name}");
+    env.iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("no topic {name} in the test's environment"))
+}
+
 /// A file of the repository.
 pub fn repo_file(path: &str) -> String {
     format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR"))
