@@ -56,21 +56,13 @@ impl CheckpointChoice {
         match text {
             "best" => Ok(CheckpointChoice::Best),
             "final" => Ok(CheckpointChoice::Final),
-            other if other.contains("://") => {
-                // The store's URI of the empty key may or may not end in '/':
-                // the key starts after the prefix and one '/'.
-                let root = uri_prefix.trim_end_matches('/');
-                other
-                    .strip_prefix(root)
-                    .and_then(|rest| rest.strip_prefix('/'))
-                    .filter(|key| !key.is_empty())
-                    .map(|key| CheckpointChoice::Key(key.to_owned()))
-                    .ok_or_else(|| {
-                        EvalError::Invalid(format!(
-                            "checkpoint {other} is not in this store ({uri_prefix})"
-                        ))
-                    })
-            }
+            other if other.contains("://") => chexvision_store::key_of_uri(other, uri_prefix)
+                .map(CheckpointChoice::Key)
+                .ok_or_else(|| {
+                    EvalError::Invalid(format!(
+                        "checkpoint {other} is not in this store ({uri_prefix})"
+                    ))
+                }),
             key => Ok(CheckpointChoice::Key(key.to_owned())),
         }
     }

@@ -104,6 +104,16 @@ pub struct PutReceipt {
     pub sha256: String,
 }
 
+/// The key of `uri` in the store whose empty key has URI `root` (its
+/// `uri("")`, which may or may not end in `/`); `None` when `uri` is
+/// elsewhere or names no object.
+pub fn key_of_uri(uri: &str, root: &str) -> Option<String> {
+    uri.strip_prefix(root.trim_end_matches('/'))
+        .and_then(|rest| rest.strip_prefix('/'))
+        .filter(|key| !key.is_empty())
+        .map(str::to_owned)
+}
+
 #[async_trait]
 pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Full URI of `key`, e.g. `s3://bucket/prefix/key` or `file:///root/key`.
