@@ -78,6 +78,9 @@ const MAX_DEPTH: u32 = 16;
 
 // Tags, as (group << 16) | element.
 const TRANSFER_SYNTAX_UID: u32 = 0x0002_0010;
+const MODALITY: u32 = 0x0008_0060;
+const BODY_PART_EXAMINED: u32 = 0x0018_0015;
+const VIEW_POSITION: u32 = 0x0018_5101;
 const SAMPLES_PER_PIXEL: u32 = 0x0028_0002;
 const PHOTOMETRIC_INTERPRETATION: u32 = 0x0028_0004;
 const PLANAR_CONFIGURATION: u32 = 0x0028_0006;
@@ -105,6 +108,9 @@ const SEQUENCE_DELIMITATION: u32 = 0xFFFE_E0DD;
 
 /// Top-level attributes kept by the header walk.
 const IMAGE_ATTRIBUTES: &[u32] = &[
+    MODALITY,
+    BODY_PART_EXAMINED,
+    VIEW_POSITION,
     SAMPLES_PER_PIXEL,
     PHOTOMETRIC_INTERPRETATION,
     PLANAR_CONFIGURATION,
@@ -220,6 +226,9 @@ fn fmt_tag(tag: u32) -> String {
 fn describe(tag: u32) -> String {
     let name = match tag {
         TRANSFER_SYNTAX_UID => "Transfer Syntax UID",
+        MODALITY => "Modality",
+        BODY_PART_EXAMINED => "Body Part Examined",
+        VIEW_POSITION => "View Position",
         SAMPLES_PER_PIXEL => "Samples per Pixel",
         PHOTOMETRIC_INTERPRETATION => "Photometric Interpretation",
         PLANAR_CONFIGURATION => "Planar Configuration",
@@ -818,6 +827,42 @@ fn parse(bytes: &[u8]) -> Result<Parsed<'_>, VisionError> {
         Some(&mut found),
     )?;
     Ok(Parsed { syntax, uid, found })
+}
+
+/// What a DICOM file says about the acquisition, for checking that it is
+/// a frontal chest radiograph. Patient attributes are never read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DicomView {
+    /// Modality (0008,0060), e.g. `CR`, `DX`.
+    pub modality: Option<String>,
+    /// Body Part Examined (0018,0015), e.g. `CHEST`.
+    pub body_part: Option<String>,
+    /// View Position (0018,5101), e.g. `PA`, `AP`, `LL`.
+    pub view_position: Option<String>,
+}
+
+/// The acquisition attributes of a DICOM Part 10 file; `None` when
+/// `bytes` is not one or its header does not parse (decoding then
+/// reports why).
+pub fn dicom_view(bytes: &[u8]) -> Option<DicomView> {
+    if !has_dicom_magic(bytes) || bytes.starts_with(b"\x89PNG") || bytes.starts_with(&[0xFF, 0xD8])
+    {
+        return None;
+    }
+    let parsed = parse(bytes).ok()?;
+    let value = |tag: u32| {
+        parsed
+            .found
+            .get(tag)
+            .and_then(|(_, v)| text(tag, v).ok())
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    Some(DicomView {
+        modality: value(MODALITY),
+        body_part: value(BODY_PART_EXAMINED),
+        view_position: value(VIEW_POSITION),
+    })
 }
 
 // ---------------------------------------------------------------------------

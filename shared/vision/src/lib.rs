@@ -55,6 +55,7 @@ pub use augment::{
 };
 pub use clahe::clahe;
 pub use decode::{decode_gray8, DecodeLimits};
+pub use dicom::{dicom_view, DicomView};
 pub use error::VisionError;
 pub use gray::GrayImage8;
 pub use resize::{resize_gray8, ResizeFilter};
