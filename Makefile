@@ -9,12 +9,13 @@ PROFILE ?= dev
 PROFILE_DIR := $(if $(filter dev,$(PROFILE)),debug,$(if $(filter bench,$(PROFILE)),release,$(PROFILE)))
 TARGET_DIR = $${CARGO_TARGET_DIR:-$(CURDIR)/target}
 
-.PHONY: help test test-unit lint fmt build deps stack-up stack-down stack-status demo clean-stack bench bench-models fuzz model-parity cuda-build tiny-auc
+.PHONY: help test test-unit lint fmt build deps inference-conformance stack-up stack-down stack-status demo clean-stack bench bench-models fuzz model-parity cuda-build tiny-auc
 
 help:
 	@echo "make test        lint, then every test, with the local Kafka broker and S3 server (started if needed)"
 	@echo "make test-unit   tests that need no servers (Kafka/S3 suites skip themselves)"
 	@echo "make lint        cargo fmt --check and clippy -D warnings"
+	@echo "make inference-conformance  the inference API against tritonclient, the FHIR R4 schema and schemathesis"
 	@echo "make stack-up    install (first run only) and start tansu + garage on loopback"
 	@echo "make stack-down  stop them"
 	@echo "make demo        send a training request through the local broker and read it back"
@@ -35,12 +36,23 @@ test: lint deps
 	  CHEXVISION_PREPROCESS_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision-preprocess" \
 	  CHEXVISION_TRAINER_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision-trainer" \
 	  CHEXVISION_EVALUATOR_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision-evaluator" \
+	  CHEXVISION_REQUIRE_BROWSER=1 \
 	  $(CARGO) test --profile $(PROFILE) --workspace --locked --lib --bins --tests 2>&1 \
 	  | awk '{ print } /^test result:/ { passed += $$4; failed += $$6 } \
 	         END { printf "%d passed, %d failed\n", passed, failed }'
+	$(MAKE) --no-print-directory inference-conformance
 
-# Test tools: a real Prometheus (Debian's package) scrapes /metrics, and
-# scikit-learn (PyPI) recomputes the evaluator's AUCs in its end-to-end test.
+# The inference service against Triton's client, HL7's FHIR R4 schema and
+# schemathesis (tests/inference/README.md); uses the binaries `test` built.
+inference-conformance:
+	CHEXVISION_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision" \
+	  CHEXVISION_INFERENCE_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision-inference" \
+	  PYTHON=$(PYTHON) scripts/inference_conformance.sh
+
+# Test tools: a real Prometheus (Debian's package) scrapes /metrics,
+# scikit-learn (PyPI) recomputes the evaluator's AUCs in its end-to-end test,
+# Chromium drives the inference web page, and tritonclient, schemathesis and
+# jsonschema (PyPI) check the inference API from outside.
 deps:
 	@command -v prometheus >/dev/null || { \
 	  echo "installing prometheus (Debian package)" >&2; \
@@ -49,6 +61,13 @@ deps:
 	@$(PYTHON) -c "import sklearn" 2>/dev/null || { \
 	  echo "installing scikit-learn (PyPI)" >&2; \
 	  $(PYTHON) -m pip install -q --root-user-action=ignore scikit-learn; }
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing chromium and chromium-driver (Debian packages, the web page test)" >&2; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
+	@$(PYTHON) -c "import tritonclient.http, schemathesis, jsonschema" 2>/dev/null || { \
+	  echo "installing the inference conformance tools (PyPI: tests/inference/requirements.txt)" >&2; \
+	  $(PYTHON) -m pip install -q --root-user-action=ignore -r tests/inference/requirements.txt; }
 
 test-unit:
 	$(CARGO) test --profile $(PROFILE) --workspace --locked --lib --bins --tests

@@ -11,6 +11,7 @@
 
 pub mod data;
 mod evaluate;
+mod serve;
 mod train;
 
 use std::{
@@ -67,6 +68,12 @@ pub enum Command {
     /// The model registry: versions, the production pointer, its history.
     #[command(subcommand)]
     Registry(evaluate::RegistryCommand),
+    /// Serve the registry's production model (or --checkpoint) over REST,
+    /// FHIR and the Open Inference Protocol (--config: configs/inference.yaml).
+    Serve(serve::ServeArgs),
+    /// Model files: `model init` writes an untrained, seeded checkpoint.
+    #[command(subcommand)]
+    Model(serve::ModelCommand),
     /// Send and read platform events as JSON.
     #[command(subcommand)]
     Events(EventsCommand),
@@ -157,12 +164,23 @@ pub async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
     if let Command::Registry(command) = &cli.command {
         return evaluate::registry_command(&cli, command, out).await;
     }
+    // The inference service's config has its own `service:` section.
+    if let Command::Serve(args) = &cli.command {
+        return serve::serve(&cli, args, out).await;
+    }
+    if let Command::Model(command) = &cli.command {
+        return serve::model_command(command, out);
+    }
     let config = cli.load_config()?;
     match cli.command {
         Command::Synth(args) => data::synth(args, &config, out).await,
         Command::Ingest(args) => data::ingest(args, &config, out).await,
         Command::Preprocess(args) => data::preprocess(args, &config, out).await,
-        Command::Train(_) | Command::Evaluate(_) | Command::Registry(_) => {
+        Command::Train(_)
+        | Command::Evaluate(_)
+        | Command::Registry(_)
+        | Command::Serve(_)
+        | Command::Model(_) => {
             unreachable!("handled above")
         }
         Command::Events(EventsCommand::Send {

@@ -151,8 +151,12 @@ impl Ctx {
             Ok(response) => response,
             Err(error) => {
                 self.metrics.rejected.with_label_values(&[error.code]).inc();
-                if error.status.is_server_error() {
+                if error.status == StatusCode::INTERNAL_SERVER_ERROR {
                     tracing::error!(request_id = %self.id, route = self.route, code = error.code, message = %error.message, "request failed");
+                } else if error.status.is_server_error() {
+                    // Not ready, shutting down, a deadline passed: the
+                    // service works; the request could not be served now.
+                    tracing::warn!(request_id = %self.id, route = self.route, code = error.code, message = %error.message, "request not served");
                 } else {
                     tracing::info!(request_id = %self.id, route = self.route, code = error.code, message = %error.message, "request refused");
                 }
