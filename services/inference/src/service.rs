@@ -114,6 +114,7 @@ pub fn start_api(
         keys,
         metrics,
         telemetry,
+        openapi: router::openapi::json(&settings.api),
     });
     let app_state = state.clone();
     let workers = match settings.api.workers {

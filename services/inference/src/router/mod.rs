@@ -9,7 +9,9 @@ pub mod auth;
 pub mod body;
 pub mod errors;
 pub mod fhir;
+pub mod multipart;
 pub mod oip;
+pub mod oip_wire;
 pub mod openapi;
 mod page;
 pub mod v1;
@@ -36,6 +38,8 @@ pub struct AppState {
     pub keys: Keys,
     pub metrics: InferenceMetrics,
     pub telemetry: Telemetry,
+    /// `/openapi.json`, built once.
+    pub openapi: String,
 }
 
 /// Mounts every route on an actix-web app.

@@ -11,15 +11,16 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use base64::Engine;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use chexvision_dataset::LABELS;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::body::read_body;
 use super::errors::ApiError;
+use super::oip_wire::{parse_infer, WireInput};
+pub use super::oip_wire::{InferInput, InferRequest, RequestedOutput};
 use super::{readiness, AppState, Ctx};
 use crate::core::model::OUTPUTS;
 use crate::core::{ImageInput, PredictRequest};
@@ -54,43 +55,6 @@ pub struct ModelMetadata {
     /// The findings' names (the columns of `findings`), the serving
     /// version, whether it was trained on synthetic data.
     pub parameters: Map<String, Value>,
-}
-
-/// An input tensor of an inference request.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct InferInput {
-    pub name: String,
-    pub shape: Vec<i64>,
-    pub datatype: String,
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub parameters: Option<Map<String, Value>>,
-    /// Row-major, flat or nested; absent when sent as binary data.
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub data: Option<Value>,
-}
-
-/// An output a request asks for.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct RequestedOutput {
-    pub name: String,
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub parameters: Option<Map<String, Value>>,
-}
-
-/// `POST /v2/models/{name}/infer`.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct InferRequest {
-    #[serde(default)]
-    pub id: Option<String>,
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub parameters: Option<Map<String, Value>>,
-    pub inputs: Vec<InferInput>,
-    #[serde(default)]
-    pub outputs: Option<Vec<RequestedOutput>>,
 }
 
 /// An output tensor.
@@ -304,261 +268,6 @@ pub async fn infer_version(
     ctx.finish(result)
 }
 
-fn bool_parameter(parameters: &Option<Map<String, Value>>, key: &str) -> bool {
-    parameters
-        .as_ref()
-        .and_then(|p| p.get(key))
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
-}
-
-/// A parsed request: the images (or tensors) and what to answer with.
-pub struct ParsedInfer {
-    pub id: Option<String>,
-    pub inputs: Vec<ImageInput>,
-    pub tta: bool,
-    /// Requested outputs: (index 0 findings / 1 abnormal, binary).
-    pub outputs: Vec<(usize, bool)>,
-}
-
-/// Parses an inference request body (JSON, or JSON + binary data when
-/// `header_length` is given). At most `max_images` images.
-pub fn parse_infer(
-    body: &Bytes,
-    header_length: Option<usize>,
-    max_images: usize,
-) -> Result<ParsedInfer, ApiError> {
-    let (json, mut binary) = match header_length {
-        Some(n) if n <= body.len() => (body.slice(..n), body.slice(n..)),
-        Some(n) => {
-            return Err(ApiError::bad_request(format!(
-                "Inference-Header-Content-Length is {n}, but the body has only {} bytes",
-                body.len()
-            )))
-        }
-        None => (body.clone(), Bytes::new()),
-    };
-    let request: InferRequest = serde_json::from_slice(&json)
-        .map_err(|e| ApiError::bad_request(format!("the inference request JSON: {e}")))?;
-    if request.inputs.len() != 1 {
-        return Err(ApiError::bad_request(format!(
-            "send exactly one input, `image` (BYTES) or `pixels` (FP32); got {}",
-            request.inputs.len()
-        )));
-    }
-    let input = &request.inputs[0];
-    let binary_size = input
-        .parameters
-        .as_ref()
-        .and_then(|p| p.get("binary_data_size"))
-        .map(|v| {
-            v.as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-                .ok_or_else(|| ApiError::bad_request("binary_data_size must be a whole number"))
-        })
-        .transpose()?;
-    let raw = match binary_size {
-        Some(n) if n <= binary.len() => Some(binary.split_to(n)),
-        Some(n) => {
-            return Err(ApiError::bad_request(format!(
-                "input `{}` declares {n} binary bytes, but only {} follow the header",
-                input.name,
-                binary.len()
-            )))
-        }
-        None => None,
-    };
-    let count = |shape: &[i64]| -> Result<usize, ApiError> {
-        shape.iter().try_fold(1usize, |acc, &d| {
-            usize::try_from(d)
-                .ok()
-                .and_then(|d| acc.checked_mul(d))
-                .ok_or_else(|| ApiError::bad_request(format!("shape {shape:?} is not valid")))
-        })
-    };
-    let inputs = match (input.name.as_str(), input.datatype.as_str()) {
-        ("image", "BYTES") => {
-            let n = count(&input.shape)?;
-            if n == 0 || n > max_images {
-                return Err(ApiError::bad_request(format!(
-                    "`image` holds {n} images: send 1 to {max_images} (api.max_batch_images)"
-                )));
-            }
-            let images = match raw {
-                Some(raw) => split_bytes_elements(raw)?,
-                None => json_bytes_elements(input.data.as_ref())?,
-            };
-            if images.len() != n {
-                return Err(ApiError::bad_request(format!(
-                    "`image` has shape {:?} but holds {} elements",
-                    input.shape,
-                    images.len()
-                )));
-            }
-            images.into_iter().map(ImageInput::Encoded).collect()
-        }
-        ("pixels", "FP32") => {
-            let [n, c, h, w] = input.shape[..] else {
-                return Err(ApiError::bad_request(format!(
-                    "`pixels` must have shape [N, 3, S, S], not {:?}",
-                    input.shape
-                )));
-            };
-            if c != 3 || h != w || !(16..=2048).contains(&h) || n < 1 || n as usize > max_images {
-                return Err(ApiError::bad_request(format!(
-                    "`pixels` must have shape [N, 3, S, S] with N 1..={max_images} and S 16..=2048, not {:?}",
-                    input.shape
-                )));
-            }
-            let size = h as usize;
-            let per = 3 * size * size;
-            let values = match raw {
-                Some(raw) => {
-                    if raw.len() != n as usize * per * 4 {
-                        return Err(ApiError::bad_request(format!(
-                            "`pixels` binary data is {} bytes, not {} (N·3·S·S little-endian float32)",
-                            raw.len(),
-                            n as usize * per * 4
-                        )));
-                    }
-                    raw.chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect::<Vec<f32>>()
-                }
-                None => {
-                    let mut values = Vec::new();
-                    flatten_numbers(input.data.as_ref(), &mut values, n as usize * per)?;
-                    values
-                }
-            };
-            if values.len() != n as usize * per {
-                return Err(ApiError::bad_request(format!(
-                    "`pixels` holds {} values, not {} for shape {:?}",
-                    values.len(),
-                    n as usize * per,
-                    input.shape
-                )));
-            }
-            if values.iter().any(|v| !v.is_finite()) {
-                return Err(ApiError::bad_request(
-                    "`pixels` holds a NaN or infinite value",
-                ));
-            }
-            values
-                .chunks_exact(per)
-                .map(|chunk| ImageInput::Tensor {
-                    size: size as u32,
-                    pixels: chunk.to_vec(),
-                })
-                .collect()
-        }
-        (name, datatype) => {
-            return Err(ApiError::bad_request(format!(
-                "unknown input `{}` of {}: send `image` (BYTES) or `pixels` (FP32)",
-                name.chars().take(64).collect::<String>(),
-                datatype.chars().take(16).collect::<String>()
-            )))
-        }
-    };
-    let all_binary = bool_parameter(&request.parameters, "binary_data_output");
-    let outputs = match &request.outputs {
-        None => vec![(0, all_binary), (1, all_binary)],
-        Some(list) => list
-            .iter()
-            .map(|o| {
-                let index = match o.name.as_str() {
-                    "findings" => 0,
-                    "abnormal" => 1,
-                    other => {
-                        return Err(ApiError::bad_request(format!(
-                            "unknown output `{}`: `findings` or `abnormal`",
-                            other.chars().take(64).collect::<String>()
-                        )))
-                    }
-                };
-                Ok((
-                    index,
-                    all_binary || bool_parameter(&o.parameters, "binary_data"),
-                ))
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    Ok(ParsedInfer {
-        id: request.id,
-        tta: bool_parameter(&request.parameters, "tta"),
-        inputs,
-        outputs,
-    })
-}
-
-/// BYTES elements in the binary form: each a 4-byte little-endian length
-/// and that many bytes.
-fn split_bytes_elements(mut raw: Bytes) -> Result<Vec<Bytes>, ApiError> {
-    let mut out = Vec::new();
-    while !raw.is_empty() {
-        if raw.len() < 4 {
-            return Err(ApiError::bad_request(
-                "BYTES binary data ends inside an element's 4-byte length",
-            ));
-        }
-        let n = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize;
-        let _ = raw.split_to(4);
-        if n > raw.len() {
-            return Err(ApiError::bad_request(format!(
-                "a BYTES element declares {n} bytes, but only {} remain",
-                raw.len()
-            )));
-        }
-        out.push(raw.split_to(n));
-    }
-    Ok(out)
-}
-
-/// BYTES elements in JSON: strings (flat or nested), base64 of the file.
-fn json_bytes_elements(data: Option<&Value>) -> Result<Vec<Bytes>, ApiError> {
-    fn walk(v: &Value, out: &mut Vec<Bytes>) -> Result<(), ApiError> {
-        match v {
-            Value::Array(items) => items.iter().try_for_each(|i| walk(i, out)),
-            Value::String(s) => {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(s.as_bytes())
-                    .map_err(|e| {
-                        ApiError::bad_request(format!(
-                            "a BYTES element in JSON must be the file in base64: {e}"
-                        ))
-                    })?;
-                out.push(Bytes::from(bytes));
-                Ok(())
-            }
-            _ => Err(ApiError::bad_request("BYTES data must be strings")),
-        }
-    }
-    let data = data.ok_or_else(|| ApiError::bad_request("input `image` has no data"))?;
-    let mut out = Vec::new();
-    walk(data, &mut out)?;
-    Ok(out)
-}
-
-fn flatten_numbers(data: Option<&Value>, out: &mut Vec<f32>, limit: usize) -> Result<(), ApiError> {
-    fn walk(v: &Value, out: &mut Vec<f32>, limit: usize) -> Result<(), ApiError> {
-        match v {
-            Value::Array(items) => items.iter().try_for_each(|i| walk(i, out, limit)),
-            Value::Number(n) => {
-                if out.len() >= limit {
-                    return Err(ApiError::bad_request(
-                        "`pixels` holds more values than its shape",
-                    ));
-                }
-                out.push(n.as_f64().unwrap_or(f64::NAN) as f32);
-                Ok(())
-            }
-            _ => Err(ApiError::bad_request("FP32 data must be numbers")),
-        }
-    }
-    let data = data.ok_or_else(|| ApiError::bad_request("input `pixels` has no data"))?;
-    walk(data, out, limit)
-}
-
 async fn infer_inner(
     ctx: &Ctx,
     req: &HttpRequest,
@@ -590,8 +299,13 @@ async fn infer_inner(
             "the body is empty: send an inference request",
         ));
     }
-    let parsed = parse_infer(&body, header_length, state.api.max_batch_images)?;
+    let parsed = parse_infer(&body, header_length, state.api.max_batch_images)
+        .map_err(|e| ApiError::bad_request(e.0))?;
     let runs = parsed.inputs.into_iter().map(|input| {
+        let input = match input {
+            WireInput::Encoded(bytes) => ImageInput::Encoded(bytes),
+            WireInput::Tensor { size, pixels } => ImageInput::Tensor { size, pixels },
+        };
         state.core.predict(PredictRequest {
             input,
             tta: parsed.tta,

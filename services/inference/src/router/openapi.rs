@@ -3,8 +3,6 @@
 //! so the document cannot drift from the answers; each operation lists
 //! every status it can answer.
 
-use std::sync::OnceLock;
-
 use actix_web::HttpResponse;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
@@ -147,7 +145,7 @@ fn header_param(
         .build()
 }
 
-fn path_param(name: &str) -> utoipa::openapi::path::Parameter {
+fn path_param(name: &str, example: Option<&str>) -> utoipa::openapi::path::Parameter {
     ParameterBuilder::new()
         .name(name)
         .parameter_in(ParameterIn::Path)
@@ -155,6 +153,7 @@ fn path_param(name: &str) -> utoipa::openapi::path::Parameter {
         .schema(Some(RefOr::T(
             ObjectBuilder::new().schema_type(Type::String).into(),
         )))
+        .example(example.map(serde_json::Value::from))
         .build()
 }
 
@@ -224,7 +223,7 @@ fn ok(description: &str, content_type: &str, schema: &str) -> utoipa::openapi::R
         .build()
 }
 
-fn build(max_deadline_ms: u64) -> Document {
+fn build(max_deadline_ms: u64, model_name: &str) -> Document {
     let mut doc = Components::openapi();
     let json_object = || {
         ContentBuilder::new()
@@ -366,13 +365,13 @@ fn build(max_deadline_ms: u64) -> Document {
         let mut op = OperationBuilder::new()
             .operation_id(Some(id))
             .summary(Some("Open Inference Protocol model metadata"))
-            .parameter(path_param("name"))
+            .parameter(path_param("name", Some(model_name)))
             .response(
                 "200",
                 ok("model metadata", "application/json", "ModelMetadata"),
             );
         if versioned {
-            op = op.parameter(path_param("version"));
+            op = op.parameter(path_param("version", None));
         }
         errors(
             op,
@@ -385,7 +384,7 @@ fn build(max_deadline_ms: u64) -> Document {
         let mut op = OperationBuilder::new()
             .operation_id(Some(id))
             .summary(Some("Open Inference Protocol model readiness"))
-            .parameter(path_param("name"))
+            .parameter(path_param("name", Some(model_name)))
             .response(
                 "200",
                 ResponseBuilder::new()
@@ -401,7 +400,7 @@ fn build(max_deadline_ms: u64) -> Document {
                     .build(),
             );
         if versioned {
-            op = op.parameter(path_param("version"));
+            op = op.parameter(path_param("version", None));
         }
         errors(op, &[AUTH[0], AUTH[1], ("404", "no such model")], true).build()
     };
@@ -409,7 +408,7 @@ fn build(max_deadline_ms: u64) -> Document {
         let mut op = OperationBuilder::new()
             .operation_id(Some(id))
             .summary(Some("Open Inference Protocol inference: `image` (BYTES) or `pixels` (FP32) in; `findings` and `abnormal` out"))
-            .parameter(path_param("name"))
+            .parameter(path_param("name", Some(model_name)))
             .parameter(header_param(
                 "X-Request-Deadline-Ms",
                 "give up (504) after this many milliseconds",
@@ -431,7 +430,7 @@ fn build(max_deadline_ms: u64) -> Document {
                     .build(),
             );
         if versioned {
-            op = op.parameter(path_param("version"));
+            op = op.parameter(path_param("version", None));
         }
         errors(op, PREDICT_ERRORS, true).build()
     };
@@ -554,29 +553,18 @@ fn build(max_deadline_ms: u64) -> Document {
     doc
 }
 
-/// The document, as JSON.
-pub fn json(max_deadline_ms: u64) -> String {
-    static DOCUMENT: OnceLock<(u64, String)> = OnceLock::new();
-    let (limit, text) = DOCUMENT.get_or_init(|| {
-        (
-            max_deadline_ms,
-            build(max_deadline_ms)
-                .to_json()
-                .unwrap_or_else(|_| "{}".into()),
-        )
-    });
-    if *limit == max_deadline_ms {
-        text.clone()
-    } else {
-        build(max_deadline_ms)
-            .to_json()
-            .unwrap_or_else(|_| "{}".into())
-    }
+/// The document, as JSON: the deadline header's bound and the model name
+/// (the path examples, so generated requests reach the model) from the
+/// settings.
+pub fn json(api: &crate::settings::ApiSettings) -> String {
+    build(api.max_deadline_ms, &api.model_name)
+        .to_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
 /// `GET /openapi.json`.
 pub async fn document(state: actix_web::web::Data<super::AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(json(state.api.max_deadline_ms))
+        .body(state.openapi.clone())
 }
