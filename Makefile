@@ -9,7 +9,7 @@ PROFILE ?= dev
 PROFILE_DIR := $(if $(filter dev,$(PROFILE)),debug,$(if $(filter bench,$(PROFILE)),release,$(PROFILE)))
 TARGET_DIR = $${CARGO_TARGET_DIR:-$(CURDIR)/target}
 
-.PHONY: help test test-unit lint fmt build deps inference-conformance stack-up stack-down stack-status demo clean-stack bench bench-models fuzz model-parity cuda-build tiny-auc
+.PHONY: help test test-unit lint fmt build deps inference-conformance stack-up stack-down stack-status demo clean-stack bench bench-models fuzz fuzz-inference model-parity cuda-build tiny-auc
 
 help:
 	@echo "make test        lint, then every test, with the local Kafka broker and S3 server (started if needed)"
@@ -21,6 +21,7 @@ help:
 	@echo "make demo        send a training request through the local broker and read it back"
 	@echo "make bench       ingest 5,000 synthetic 1024 px images into local S3, beside the aws CLI"
 	@echo "make fuzz        fuzz the image decode path (nightly + cargo-fuzz; FUZZ_SECONDS=600)"
+	@echo "make fuzz-inference  fuzz the inference request parsers (nightly + cargo-fuzz)"
 	@echo "make model-parity  full-size DenseNet-121 / SE-ResNet against PyTorch (installs torch from PyPI)"
 	@echo "make bench-models  CPU forward: candle, fused, PyTorch side by side (needs torch)"
 	@echo "make tiny-auc    train configs/tiny.yaml on 2,000 synthetic images; fails under validation macro AUC 0.90 (~2 min)"
@@ -121,6 +122,14 @@ fuzz:
 	mkdir -p .fuzz-corpus
 	cd shared/vision/fuzz && cargo +nightly fuzz run decode --fuzz-dir . \
 	  ../../../.fuzz-corpus corpus/decode -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048
+
+# Fuzz the inference request parsers (multipart, Open Inference Protocol
+# bodies) and the decoder behind them: FUZZ_SECONDS=600 make fuzz-inference.
+fuzz-inference:
+	command -v cargo-fuzz >/dev/null || cargo +nightly install cargo-fuzz --locked
+	mkdir -p .fuzz-corpus-inference
+	cd services/inference/fuzz && cargo +nightly fuzz run request --fuzz-dir . \
+	  ../../../.fuzz-corpus-inference corpus/request -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048
 
 # Full-size parity with PyTorch: fixtures generated (not committed), the
 # torchvision weight converter exercised, then the ignored parity tests, at
