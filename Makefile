@@ -37,6 +37,7 @@ test: lint deps
 	  CHEXVISION_PREPROCESS_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision-preprocess" \
 	  CHEXVISION_TRAINER_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision-trainer" \
 	  CHEXVISION_EVALUATOR_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision-evaluator" \
+	  CHEXVISION_INFERENCE_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision-inference" \
 	  CHEXVISION_REQUIRE_BROWSER=1 \
 	  $(CARGO) test --profile $(PROFILE) --workspace --locked --lib --bins --tests 2>&1 \
 	  | awk '{ print } /^test result:/ { passed += $$4; failed += $$6 } \
