@@ -597,6 +597,19 @@ async fn keys_are_checked_by_scope_and_admin_reload_swaps_without_changing_readi
         "{text}"
     );
     assert!(text.contains(&format!("chexvision_inference_model_info{{architecture=\"densenet\",synthetic=\"true\",version=\"{version}\"}} 1")));
+    // Drift gauges, stages, batches and requests by route and status.
+    for line in [
+        "chexvision_inference_finding_probability_mean{finding=\"Atelectasis\"}",
+        "chexvision_inference_finding_positive_rate{finding=\"abnormal\"}",
+        "chexvision_inference_stage_duration_seconds_count{stage=\"decode\"}",
+        "chexvision_inference_stage_duration_seconds_count{stage=\"inference\"}",
+        "chexvision_inference_batch_size_count",
+        "chexvision_inference_requests_total{route=\"/v1/predict\",status=\"401\"} 2",
+        "chexvision_inference_request_duration_seconds_count{route=\"/v1/predict\"}",
+        "chexvision_inference_rejected_total{reason=\"forbidden\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
     server.stop().await;
 }
 

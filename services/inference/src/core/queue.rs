@@ -362,3 +362,52 @@ pub fn top_finding(probabilities: &[f32; OUTPUTS]) -> usize {
     }
     best
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(deadline: Instant) -> (Job, oneshot::Receiver<Result<JobOutput, CoreError>>) {
+        let (answer, rx) = oneshot::channel();
+        let gray = GrayImage8::new(16, 16, vec![0; 256]).unwrap();
+        let job = Job {
+            prepared: Prepared {
+                size: 16,
+                gray,
+                views: vec![vec![0.0; 3 * 16 * 16]],
+                preprocess_ms: 0.0,
+            },
+            source: None,
+            tta: false,
+            heatmap: None,
+            model: None,
+            deadline,
+            enqueued: Instant::now(),
+            answer,
+        };
+        (job, rx)
+    }
+
+    #[test]
+    fn work_for_a_gone_client_or_past_its_deadline_is_skipped_and_counted() {
+        let metrics = InferenceMetrics::register(&prometheus::Registry::new()).unwrap();
+        let later = Instant::now() + Duration::from_secs(60);
+        let (waiting, _rx) = job(later);
+        assert!(keep(&waiting, &metrics));
+        let (gone, rx) = job(later);
+        drop(rx);
+        assert!(!keep(&gone, &metrics));
+        let (late, _rx2) = job(Instant::now());
+        assert!(!keep(&late, &metrics));
+        assert_eq!(metrics.skipped.with_label_values(&["client_gone"]).get(), 1);
+        assert_eq!(metrics.skipped.with_label_values(&["deadline"]).get(), 1);
+    }
+
+    #[test]
+    fn the_top_finding_is_the_most_probable_of_the_fourteen() {
+        let mut p = [0.1f32; OUTPUTS];
+        p[5] = 0.7;
+        p[OUTPUTS - 1] = 0.99; // abnormal is not a finding
+        assert_eq!(top_finding(&p), 5);
+    }
+}
