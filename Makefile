@@ -9,7 +9,7 @@ PROFILE ?= dev
 PROFILE_DIR := $(if $(filter dev,$(PROFILE)),debug,$(if $(filter bench,$(PROFILE)),release,$(PROFILE)))
 TARGET_DIR = $${CARGO_TARGET_DIR:-$(CURDIR)/target}
 
-.PHONY: help test test-unit lint fmt build deps inference-conformance stack-up stack-down stack-status demo clean-stack bench bench-models fuzz fuzz-inference model-parity cuda-build tiny-auc
+.PHONY: help test test-unit lint fmt build deps inference-conformance stack-up stack-down stack-status demo clean-stack bench bench-models bench-serve fuzz fuzz-inference model-parity cuda-build tiny-auc
 
 help:
 	@echo "make test        lint, then every test, with the local Kafka broker and S3 server (started if needed)"
@@ -24,6 +24,7 @@ help:
 	@echo "make fuzz-inference  fuzz the inference request parsers (nightly + cargo-fuzz)"
 	@echo "make model-parity  full-size DenseNet-121 / SE-ResNet against PyTorch (installs torch from PyPI)"
 	@echo "make bench-models  CPU forward: candle, fused, PyTorch side by side (needs torch)"
+	@echo "make bench-serve   the inference service under load beside PyTriton and LitServe (same DenseNet-121)"
 	@echo "make tiny-auc    train configs/tiny.yaml on 2,000 synthetic images; fails under validation macro AUC 0.90 (~2 min)"
 	@echo "make cuda-build  build the models and the trainer service with --features cuda (CUDA 13 toolchain from PyPI wheels; no GPU needed)"
 
@@ -113,6 +114,16 @@ demo:
 # Benchmarks are measurements, not tests: results go to docs/benchmarks.md.
 bench:
 	scripts/bench_ingest.sh
+
+# The inference service under load beside NVIDIA PyTriton and LitServe
+# serving the same DenseNet-121 (CPU; a venv with the peers, and wrk, are
+# installed on first use). Results: /tmp/chexvision-bench/table.md.
+bench-serve:
+	$(CARGO) build --profile ci --locked -p chexvision-inference --bin chexvision-inference --example bench_raw
+	scripts/bench_serve/run.sh setup >/dev/null
+	OURS_CMD='env CHEXVISION_SERVICE__API__BIND=127.0.0.1:8080 CHEXVISION_HTTP__BIND=127.0.0.1:0 CHEXVISION_SERVICE__QUEUE__MAX_BATCH=$$MAX_BATCH CHEXVISION_SERVICE__QUEUE__MAX_WAIT_MS=$$MAX_WAIT_MS CHEXVISION_LOG__LEVEL=warn $(TARGET_DIR)/ci/chexvision-inference --config $(CURDIR)/configs/inference.yaml --store file://$$(dirname $$CHECKPOINT) --checkpoint "$$CHECKPOINT_URI"' \
+	  QUIET_MAX_PCT=10 scripts/bench_serve/run.sh
+	RAYON_NUM_THREADS=$$(nproc) $(TARGET_DIR)/ci/examples/bench_raw /tmp/chexvision-bench/densenet121-224.safetensors /tmp/chexvision-bench/images-1024 --batch 16 --seconds 20
 
 # Fuzz the image decode path (needs a nightly toolchain and cargo-fuzz):
 # FUZZ_SECONDS=600 make fuzz. New inputs go to .fuzz-corpus/, crashes to

@@ -1,10 +1,13 @@
 //! The micro-batching queue. One task owns it: jobs arrive over a
 //! channel, each with a one-shot channel for its answer. Once the compute
-//! thread can take a batch, the task gathers jobs until the batch holds
-//! `max_batch` images (TTA views count) or `max_wait` has passed since its
-//! first job, drops the jobs whose client has gone or whose deadline has
-//! passed, and hands the batch over. The compute thread runs the model on
-//! its own thread pool, never on the async runtime's threads.
+//! thread is free (it hands back a permit when a batch is done), the task
+//! gathers jobs until the batch holds `max_batch` images (TTA views count)
+//! or `max_wait` has passed since its first job, drops the jobs whose
+//! client has gone or whose deadline has passed, and hands the batch over.
+//! Forming a batch only when the model is free means that under load a
+//! batch takes everything that arrived while the previous one ran. The
+//! compute thread runs the model on its own thread pool, never on the
+//! async runtime's threads.
 //!
 //! The model is chosen when the batch is computed: a swap between two
 //! batches is seen by the next one, and a batch already handed over
@@ -76,9 +79,11 @@ pub struct BatchPolicy {
     pub max_wait: Duration,
 }
 
-/// A batch the queue task hands to the compute thread.
+/// A batch the queue task hands to the compute thread, with the permit
+/// the thread gives back when it is done.
 struct Batch {
     jobs: Vec<Job>,
+    _free: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Starts the queue task (on the current runtime) and the compute thread.
@@ -97,37 +102,39 @@ pub fn start(
     tokio::task::JoinHandle<anyhow::Result<()>>,
 )> {
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel::<Job>();
-    // One batch waits while another computes.
-    let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(1);
+    let (batch_tx, mut batch_rx) = mpsc::unbounded_channel::<Batch>();
+    // One permit: held by a batch from its forming to the end of its run.
+    let free = Arc::new(tokio::sync::Semaphore::new(1));
     let compute_metrics = metrics.clone();
     std::thread::Builder::new()
         .name("inference-compute".into())
         .spawn(move || {
             while let Some(batch) = batch_rx.blocking_recv() {
-                let Batch { jobs } = batch;
+                let Batch { jobs, _free } = batch;
                 pool.install(|| {
                     compute(jobs, &slots, &preprocess, heatmap_alpha, &compute_metrics)
                 });
             }
         })?;
-    let task = tokio::spawn(run_queue(policy, jobs_rx, batch_tx, metrics, shutdown));
+    let task = tokio::spawn(run_queue(policy, jobs_rx, batch_tx, free, metrics, shutdown));
     Ok((jobs_tx, task))
 }
 
 async fn run_queue(
     policy: BatchPolicy,
     mut jobs: mpsc::UnboundedReceiver<Job>,
-    batches: mpsc::Sender<Batch>,
+    batches: mpsc::UnboundedSender<Batch>,
+    free: Arc<tokio::sync::Semaphore>,
     metrics: InferenceMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut pending: VecDeque<Job> = VecDeque::new();
     loop {
-        // Wait until the compute thread can take a batch: jobs gather in
-        // the channel meanwhile, so a busy model gets fuller batches.
+        // Wait until the compute thread is free: jobs gather in the
+        // channel meanwhile, so a busy model gets fuller batches.
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
-            permit = batches.reserve() => match permit {
+            permit = free.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => anyhow::bail!("the compute thread stopped"),
             },
@@ -181,7 +188,15 @@ async fn run_queue(
             continue;
         }
         metrics.batch_size.observe(images as f64);
-        permit.send(Batch { jobs: batch });
+        if batches
+            .send(Batch {
+                jobs: batch,
+                _free: permit,
+            })
+            .is_err()
+        {
+            anyhow::bail!("the compute thread stopped");
+        }
     }
     // Shutdown: jobs not yet batched get an answer instead of hanging.
     for job in pending.drain(..) {
