@@ -49,7 +49,9 @@ fn main() -> anyhow::Result<()> {
         .collect::<Result<_, chexvision_vision::VisionError>>()?;
 
     // The model alone, on full batches.
-    let pixels: Vec<f32> = (0..batch).flat_map(|i| prepared[i % prepared.len()].clone()).collect();
+    let pixels: Vec<f32> = (0..batch)
+        .flat_map(|i| prepared[i % prepared.len()].clone())
+        .collect();
     model.probabilities(pixels.clone(), batch)?; // warm-up
     let start = Instant::now();
     let mut images = 0usize;
@@ -65,13 +67,18 @@ fn main() -> anyhow::Result<()> {
     let mut images = 0usize;
     let mut next = 0usize;
     while start.elapsed() < seconds {
-        let chunk: Vec<&Vec<u8>> = (0..batch).map(|i| &files[(next + i) % files.len()]).collect();
+        let chunk: Vec<&Vec<u8>> = (0..batch)
+            .map(|i| &files[(next + i) % files.len()])
+            .collect();
         next += batch;
         let tensors: Vec<Vec<f32>> = chunk
             .par_iter()
             .map(|f| {
                 let d = decode(f, &limits).expect("decodes");
-                prepare(&d.image, size, &settings, false).expect("prepares").views.remove(0)
+                prepare(&d.image, size, &settings, false)
+                    .expect("prepares")
+                    .views
+                    .remove(0)
             })
             .collect();
         model.probabilities(tensors.concat(), batch)?;

@@ -116,7 +116,9 @@ pub fn start(
                 });
             }
         })?;
-    let task = tokio::spawn(run_queue(policy, jobs_rx, batch_tx, free, metrics, shutdown));
+    let task = tokio::spawn(run_queue(
+        policy, jobs_rx, batch_tx, free, metrics, shutdown,
+    ));
     Ok((jobs_tx, task))
 }
 
