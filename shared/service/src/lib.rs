@@ -175,17 +175,23 @@ where
             .await;
             (index, result)
         };
+        // `biased`: a stop that was asked for is seen before the tasks that
+        // end because of it (tokio::select! otherwise picks among ready
+        // branches at random, and a clean stop could read as a failure).
         let failure = tokio::select! {
+            biased;
             _ = chexvision_telemetry::shutdown_signal() => None,
             _ = self.shutdown.cancelled() => None,
             (index, result) = first_end => {
                 handles[index] = None;
                 let reason = match result {
-                    Ok(Ok(())) => format!("{} stopped unexpectedly", names[index]),
-                    Ok(Err(e)) => format!("{} failed: {e:#}", names[index]),
-                    Err(e) => format!("{} panicked: {e}", names[index]),
+                    // Ended cleanly because shutdown began meanwhile.
+                    Ok(Ok(())) if self.shutdown.is_cancelled() => None,
+                    Ok(Ok(())) => Some(format!("{} stopped unexpectedly", names[index])),
+                    Ok(Err(e)) => Some(format!("{} failed: {e:#}", names[index])),
+                    Err(e) => Some(format!("{} panicked: {e}", names[index])),
                 };
-                Some((names[index].clone(), reason))
+                reason.map(|reason| (names[index].clone(), reason))
             }
         };
         match &failure {
