@@ -407,6 +407,14 @@ async fn the_open_inference_protocol_answers_json_and_binary_tensors() {
     );
     assert_eq!(meta["outputs"][0]["shape"], serde_json::json!([-1, 14]));
     assert_eq!(get(&server.url("/v2/models/other")).await.status, 404);
+    let version = meta["versions"][0].as_str().unwrap().to_string();
+    let url = server.url(&format!("/v2/models/chexvision/versions/{version}/ready"));
+    assert_eq!(get(&url).await.status, 200);
+    let unknown = get(&server.url("/v2/models/chexvision/versions/0/ready")).await;
+    assert_eq!(
+        (unknown.status, unknown.code().as_str()),
+        (404, "model_not_found")
+    );
 
     let a = png(128, 128, 5);
     let b = png(90, 150, 6);

@@ -233,12 +233,15 @@ pub async fn model_ready_version(
     let result = ctx
         .authorize(&req, &state, Scope::Predict)
         .and_then(|()| check_name(&state, &name))
-        .map(|()| {
-            let ready = state.core.slots.get(&version).is_some();
-            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            HttpResponse::build(status).json(
-                serde_json::json!({"name": state.api.model_name, "version": version, "ready": ready}),
-            )
+        // A version this replica has not loaded does not exist here (404);
+        // the loaded ones are ready.
+        .and_then(|()| state.core.model_for(Some(&version)).map_err(ApiError::from))
+        .map(|model| {
+            HttpResponse::Ok().json(serde_json::json!({
+                "name": state.api.model_name,
+                "version": model.info.version,
+                "ready": true
+            }))
         });
     ctx.finish(result)
 }
