@@ -37,10 +37,14 @@ pub struct InferenceMetrics {
     drift: std::sync::Arc<Mutex<Drift>>,
 }
 
-/// The last [`DRIFT_WINDOW`] predictions' probabilities and decisions.
+/// The last [`DRIFT_WINDOW`] predictions' probabilities and decisions,
+/// with their running sums (one row in, one out: no pass over the window
+/// on the compute thread).
 #[derive(Default)]
 struct Drift {
     rows: VecDeque<[(f32, bool); 15]>,
+    sums: [f64; 15],
+    positives: [usize; 15],
 }
 
 impl InferenceMetrics {
@@ -173,19 +177,55 @@ impl InferenceMetrics {
             *slot = (p, f64::from(p) >= t);
         }
         let mut drift = self.drift.lock().unwrap_or_else(|p| p.into_inner());
+        let drift = &mut *drift;
         if drift.rows.len() == DRIFT_WINDOW {
-            drift.rows.pop_front();
+            if let Some(old) = drift.rows.pop_front() {
+                for (i, (p, positive)) in old.iter().enumerate() {
+                    drift.sums[i] -= f64::from(*p);
+                    drift.positives[i] -= usize::from(*positive);
+                }
+            }
+        }
+        for (i, (p, positive)) in row.iter().enumerate() {
+            drift.sums[i] += f64::from(*p);
+            drift.positives[i] += usize::from(*positive);
         }
         drift.rows.push_back(row);
         let n = drift.rows.len() as f64;
         for (i, name) in LABELS.iter().copied().chain(["abnormal"]).enumerate() {
-            let (sum, positives) = drift.rows.iter().fold((0f64, 0usize), |(s, k), r| {
-                (s + f64::from(r[i].0), k + usize::from(r[i].1))
-            });
-            self.finding_mean.with_label_values(&[name]).set(sum / n);
+            self.finding_mean
+                .with_label_values(&[name])
+                .set(drift.sums[i] / n);
             self.finding_positive_rate
                 .with_label_values(&[name])
-                .set(positives as f64 / n);
+                .set(drift.positives[i] as f64 / n);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drift_gauges_follow_the_window() {
+        let m = InferenceMetrics::register(&Registry::new()).unwrap();
+        let thresholds = [0.5; 15];
+        for _ in 0..DRIFT_WINDOW {
+            m.observe_prediction(&[0.9; 15], &thresholds);
+        }
+        let mean = || m.finding_mean.with_label_values(&["Atelectasis"]).get();
+        let rate = || {
+            m.finding_positive_rate
+                .with_label_values(&["abnormal"])
+                .get()
+        };
+        assert!((mean() - 0.9).abs() < 1e-6 && rate() == 1.0);
+        // Half the window replaced: the oldest rows leave the sums.
+        for _ in 0..DRIFT_WINDOW / 2 {
+            m.observe_prediction(&[0.1; 15], &thresholds);
+        }
+        assert!((mean() - 0.5).abs() < 1e-6, "{}", mean());
+        assert!((rate() - 0.5).abs() < 1e-12, "{}", rate());
     }
 }
