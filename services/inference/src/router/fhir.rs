@@ -155,30 +155,13 @@ fn concept(system: &'static str, code: &str, display: &str) -> CodeableConcept {
     }
 }
 
-/// RFC 3339 UTC time of now, as FHIR `instant` wants it.
+/// Now as FHIR's `instant` (RFC 3339, UTC): the events' clock and its
+/// JSON form.
 fn now_instant() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let millis = now.subsec_millis();
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    serde_json::to_value(chexvision_events::now())
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
 }
 
 /// The FHIR answer for one prediction; `request_id` becomes the report's id.
@@ -332,8 +315,9 @@ mod tests {
     #[test]
     fn instants_are_rfc3339_utc() {
         let s = super::now_instant();
-        assert_eq!(s.len(), 24, "{s}");
-        assert!(s.ends_with('Z') && s.as_bytes()[10] == b'T', "{s}");
+        // FHIR instant: a date, `T`, a time, and a zone (`Z` or an offset).
+        assert!(s.len() >= 20 && s.as_bytes()[10] == b'T', "{s}");
+        assert!(s.ends_with('Z') || s.ends_with("+00:00"), "{s}");
         let year: i32 = s[..4].parse().unwrap();
         assert!(year >= 2024, "{s}");
     }
