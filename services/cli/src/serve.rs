@@ -124,6 +124,10 @@ pub fn model_command(command: &ModelCommand, out: &mut (dyn Write + Send)) -> Re
         ]),
     };
     let bytes = checkpoint_bytes(&varmap_tensors(&varmap), &meta)?;
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
     std::fs::write(&args.out, &bytes).with_context(|| format!("writing {}", args.out.display()))?;
     writeln!(
         out,
