@@ -75,6 +75,9 @@ impl ConsumerOptions {
 /// the subscription is polled.
 const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
+/// How often the consumer lag gauges are refreshed while waiting for records.
+const LAG_REPORT_EVERY: Duration = Duration::from_secs(5);
+
 /// Records taken from the bus while a handler runs, before the pause took
 /// effect (or from partitions assigned meanwhile): kept in order and handled
 /// next. Beyond this many the consumer stops polling until the handler is done.
@@ -125,6 +128,14 @@ impl Consumer {
             .bus
             .subscribe(&self.options.group, &self.options.topics)
             .await?;
+        if let Some(metrics) = &self.metrics {
+            self.options
+                .topics
+                .iter()
+                .for_each(|t| metrics.initialise_topic(t));
+        }
+        let mut lag_tick = tokio::time::interval(LAG_REPORT_EVERY);
+        lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buffered: VecDeque<Delivery> = VecDeque::new();
         let mut receive_failures = 0u32;
         loop {
@@ -134,6 +145,10 @@ impl Consumer {
                     let next = tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => break,
+                        _ = lag_tick.tick() => {
+                            self.report_lag(subscription.as_ref());
+                            continue;
+                        }
                         next = subscription.next() => next,
                     };
                     match next {
@@ -162,6 +177,7 @@ impl Consumer {
                     &shutdown,
                     subscription.as_mut(),
                     &mut buffered,
+                    &mut lag_tick,
                 )
                 .await;
             match outcome {
@@ -173,7 +189,17 @@ impl Consumer {
                 Outcome::Interrupted => break,
             }
         }
+        if let Some(metrics) = &self.metrics {
+            // This member holds no partitions once it has left.
+            metrics.set_lag(&self.options.group, &[]);
+        }
         subscription.close().await
+    }
+
+    fn report_lag(&self, subscription: &dyn Subscription) {
+        if let Some(metrics) = &self.metrics {
+            metrics.set_lag(&self.options.group, &subscription.lag());
+        }
     }
 
     /// [`Consumer::process`], with the subscription paused and polled meanwhile.
@@ -184,6 +210,7 @@ impl Consumer {
         shutdown: &CancellationToken,
         subscription: &mut dyn Subscription,
         buffered: &mut VecDeque<Delivery>,
+        lag_tick: &mut tokio::time::Interval,
     ) -> Outcome {
         let work = self.process(handler, delivery, shutdown);
         tokio::pin!(work);
@@ -201,6 +228,8 @@ impl Consumer {
             tokio::select! {
                 biased;
                 outcome = &mut work => break outcome,
+                // A long handler must not freeze the lag a dashboard shows.
+                _ = lag_tick.tick() => self.report_lag(&*subscription),
                 next = subscription.next(), if retry_at.is_none() && buffered.len() < MAX_BUFFERED => {
                     match next {
                         Ok(early) => {

@@ -6,22 +6,66 @@
 //! from those stored offsets (periodically and when leaving the group), so a
 //! record whose handler never finished is delivered again.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use async_trait::async_trait;
 use chexvision_config::KafkaSettings;
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
+    client::{ClientContext, DefaultClientContext},
     config::ClientConfig,
-    consumer::{CommitMode, Consumer, StreamConsumer},
+    consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer},
     error::{KafkaError, RDKafkaErrorCode},
     message::{Header, Headers as _, Message, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer},
+    statistics::Statistics,
     util::Timeout,
 };
 
-use crate::{Bus, BusError, Delivery, OutboundRecord, Subscription, TopicSpec};
+use crate::{Bus, BusError, Delivery, OutboundRecord, PartitionLag, Subscription, TopicSpec};
+
+/// How often a consumer's client reports its statistics (the lag).
+const STATISTICS_INTERVAL_MS: &str = "5000";
+
+/// Lag by (topic, partition), as the client's last statistics gave it.
+type LagTable = Arc<Mutex<BTreeMap<(String, i32), i64>>>;
+
+/// A consumer context that keeps the lag of the assigned partitions from
+/// librdkafka's statistics: no extra broker requests.
+struct LagContext {
+    lag: LagTable,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut table = BTreeMap::new();
+        for (name, topic) in &statistics.topics {
+            for partition in topic.partitions.values() {
+                // -1 is librdkafka's internal "unassigned" partition.
+                if partition.partition < 0 || partition.hi_offset < 0 {
+                    continue;
+                }
+                // Before a first commit every record is unconsumed.
+                let base = if partition.committed_offset >= 0 {
+                    partition.committed_offset
+                } else {
+                    partition.lo_offset.max(0)
+                };
+                table.insert(
+                    (name.clone(), partition.partition),
+                    (partition.hi_offset - base).max(0),
+                );
+            }
+        }
+        *self.lag.lock().unwrap_or_else(|p| p.into_inner()) = table;
+    }
+}
+
+impl ConsumerContext for LagContext {}
 
 /// How long `create_topics` waits for new topics to appear in metadata.
 const TOPIC_VISIBLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -251,24 +295,27 @@ impl Bus for KafkaBus {
                 "session.timeout.ms",
                 self.settings.session_timeout_ms.to_string(),
             )
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
         consumer_config.set(
             "max.poll.interval.ms",
             self.settings.max_poll_interval_ms.to_string(),
         );
-        let consumer: StreamConsumer = with_overrides(consumer_config, &self.settings)
+        let lag = LagTable::default();
+        let consumer: StreamConsumer<LagContext> = with_overrides(consumer_config, &self.settings)
             // Set after the overrides: acknowledgement depends on these.
             .set("group.id", group)
             .set("enable.auto.commit", "true")
             // Offsets are stored only on ack; auto-commit then commits those.
             .set("enable.auto.offset.store", "false")
-            .create()
+            .create_with_context(LagContext { lag: lag.clone() })
             .map_err(consume_error)?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(consume_error)?;
         Ok(Box::new(KafkaSubscription {
             consumer,
             group: group.to_owned(),
+            lag,
         }))
     }
 
@@ -349,8 +396,9 @@ impl Drop for KafkaBus {
 }
 
 struct KafkaSubscription {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<LagContext>,
     group: String,
+    lag: LagTable,
 }
 
 impl KafkaSubscription {
@@ -411,6 +459,19 @@ impl Subscription for KafkaSubscription {
                 detail: format!("storing offset of {delivery}: {e}"),
             }),
         }
+    }
+
+    fn lag(&self) -> Vec<PartitionLag> {
+        self.lag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((topic, partition), records)| PartitionLag {
+                topic: topic.clone(),
+                partition: *partition,
+                records: *records,
+            })
+            .collect()
     }
 
     fn pause(&mut self) -> Result<(), BusError> {

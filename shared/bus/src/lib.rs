@@ -220,8 +220,26 @@ pub trait Subscription: Send {
         Ok(())
     }
 
+    /// Records not yet committed by this group, per partition assigned to
+    /// this member: the partition's high watermark minus the group's
+    /// committed offset (the whole partition before a first commit). As
+    /// last known: Kafka's numbers are the client's statistics, refreshed
+    /// every few seconds. Empty where the bus cannot tell.
+    fn lag(&self) -> Vec<PartitionLag> {
+        Vec::new()
+    }
+
     /// Commits acknowledged offsets and leaves the group.
     async fn close(self: Box<Self>) -> Result<(), BusError>;
+}
+
+/// One assigned partition's consumer lag.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    /// Records on the partition after the committed offset.
+    pub records: i64,
 }
 
 /// Connects to the bus a URI names: `memory://` (a new in-process bus) or
@@ -252,6 +270,8 @@ pub fn home_topic<'t>(event: &Envelope, topics: &'t Topics) -> Option<&'t str> {
         Body::EvaluationCompleted(_) => &topics.evaluations,
         Body::ModelPromoted(_) => &topics.models_promoted,
         Body::DeadLetter(_) => &topics.dead_letter,
+        Body::PredictionMade(_) => &topics.predictions,
+        Body::FeedbackReceived(_) => &topics.feedback,
     };
     Some(topic.as_str())
 }

@@ -11,7 +11,9 @@ use std::{
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use crate::{Bus, BusError, Delivery, Headers, OutboundRecord, Subscription, TopicSpec};
+use crate::{
+    Bus, BusError, Delivery, Headers, OutboundRecord, PartitionLag, Subscription, TopicSpec,
+};
 
 #[derive(Debug, Clone)]
 struct StoredRecord {
@@ -284,6 +286,34 @@ impl Subscription for MemorySubscription {
             *committed = (*committed).max(delivery.offset + 1);
         }
         Ok(())
+    }
+
+    fn lag(&self) -> Vec<PartitionLag> {
+        let state = self.bus.lock();
+        let Some(group) = state.groups.get(&self.group) else {
+            return Vec::new();
+        };
+        let mut lags: Vec<PartitionLag> = group
+            .assignment
+            .get(&self.member)
+            .into_iter()
+            .flatten()
+            .map(|id| {
+                let end = state
+                    .topics
+                    .get(&id.0)
+                    .and_then(|p| p.get(id.1 as usize))
+                    .map_or(0, |log| log.len() as i64);
+                let committed = group.committed.get(id).copied().unwrap_or(0);
+                PartitionLag {
+                    topic: id.0.clone(),
+                    partition: id.1,
+                    records: (end - committed).max(0),
+                }
+            })
+            .collect();
+        lags.sort();
+        lags
     }
 
     fn pause(&mut self) -> Result<(), BusError> {

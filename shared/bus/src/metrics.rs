@@ -1,8 +1,14 @@
 //! Prometheus metrics of the consume loop.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::PartitionLag;
 
 /// Counters and timings of record handling, labelled by topic.
 #[derive(Clone, Debug)]
@@ -11,6 +17,10 @@ pub struct BusMetrics {
     handler_seconds: HistogramVec,
     dead_letter_failures: IntCounterVec,
     receive_errors: IntCounterVec,
+    consumer_lag: IntGaugeVec,
+    /// Partitions last reported per group, so a partition that moved to
+    /// another member stops being reported here.
+    lag_reported: Arc<Mutex<HashMap<String, Vec<(String, String)>>>>,
 }
 
 impl BusMetrics {
@@ -47,6 +57,15 @@ impl BusMetrics {
             ),
             &["group"],
         )?;
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "chexvision_bus_consumer_lag_records",
+                "Records after the consumer group's committed offset, per partition assigned \
+                 to this process (the partition's high watermark minus the committed offset)",
+            ),
+            &["group", "topic", "partition"],
+        )?;
+        registry.register(Box::new(consumer_lag.clone()))?;
         registry.register(Box::new(consumed.clone()))?;
         registry.register(Box::new(receive_errors.clone()))?;
         registry.register(Box::new(handler_seconds.clone()))?;
@@ -56,7 +75,56 @@ impl BusMetrics {
             handler_seconds,
             dead_letter_failures,
             receive_errors,
+            consumer_lag,
+            lag_reported: Arc::default(),
         })
+    }
+
+    /// Sets the lag of the partitions a group's member holds now; those it
+    /// held before and not now are removed.
+    pub fn set_lag(&self, group: &str, lags: &[PartitionLag]) {
+        let now: Vec<(String, String)> = lags
+            .iter()
+            .map(|l| (l.topic.clone(), l.partition.to_string()))
+            .collect();
+        let mut reported = self.lag_reported.lock().unwrap_or_else(|p| p.into_inner());
+        for (topic, partition) in reported.get(group).into_iter().flatten() {
+            if !now.contains(&(topic.clone(), partition.clone())) {
+                let _ = self
+                    .consumer_lag
+                    .remove_label_values(&[group, topic, partition]);
+            }
+        }
+        for (lag, (topic, partition)) in lags.iter().zip(&now) {
+            self.consumer_lag
+                .with_label_values(&[group, topic, partition])
+                .set(lag.records);
+        }
+        reported.insert(group.to_owned(), now);
+    }
+
+    /// The lag last set for a group's partition (for tests).
+    pub fn lag(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
+        let reported = self.lag_reported.lock().unwrap_or_else(|p| p.into_inner());
+        let partition = partition.to_string();
+        reported
+            .get(group)?
+            .iter()
+            .any(|(t, p)| t == topic && *p == partition)
+            .then(|| {
+                self.consumer_lag
+                    .with_label_values(&[group, topic, &partition])
+                    .get()
+            })
+    }
+
+    /// Counters of a consumer's topics start at zero for every outcome, so
+    /// a rate (dead letters per topic, say) exists before the first one.
+    pub(crate) fn initialise_topic(&self, topic: &str) {
+        for outcome in ["handled", "retried", "dead_lettered"] {
+            self.consumed.with_label_values(&[topic, outcome]);
+        }
+        self.dead_letter_failures.with_label_values(&[topic]);
     }
 
     pub(crate) fn count_consumed(&self, topic: &str, outcome: &str) {

@@ -98,3 +98,11 @@ async fn slow_handler_outlasting_max_poll_interval_completes_once() {
     let bus = Arc::new(KafkaBus::connect(&brokers, &settings).unwrap());
     suite::slow_handler_completes_once(bus, Duration::from_secs(15)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_is_reported_and_falls_to_zero() {
+    let Some(bus) = stack_bus("lag") else {
+        return;
+    };
+    suite::lag_is_reported_and_falls_to_zero(bus, Duration::from_secs(90)).await;
+}

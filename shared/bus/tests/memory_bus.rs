@@ -52,3 +52,8 @@ async fn poison_record_near_the_size_limit_does_not_block() {
 async fn slow_handler_completes_once() {
     suite::slow_handler_completes_once(bus(), Duration::from_millis(500)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_is_reported_and_falls_to_zero() {
+    suite::lag_is_reported_and_falls_to_zero(bus(), Duration::from_secs(30)).await;
+}

@@ -97,7 +97,10 @@ where
         let (server, address) = chexvision_telemetry::spawn(&config.http.bind, telemetry.clone())
             .with_context(|| format!("serve http on {}", config.http.bind))?;
         tracing::info!(%address, service = name, "http endpoints up");
-        let store = chexvision_store::open(&config.store, &config.s3).await?;
+        let store = chexvision_store::MeteredStore::wrap(
+            chexvision_store::open(&config.store, &config.s3).await?,
+            chexvision_store::StoreMetrics::register(&telemetry.registry)?,
+        );
         let bus = chexvision_bus::connect(&config.bus, &config.kafka)?;
         Ok(Service {
             config,

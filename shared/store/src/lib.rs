@@ -12,6 +12,7 @@
 
 mod claim;
 mod fs;
+mod metered;
 mod s3;
 
 use std::{sync::Arc, time::SystemTime};
@@ -25,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub use claim::{claim, release, renew, Claim, ClaimOutcome};
 pub use fs::FsStore;
+pub use metered::{MeteredStore, StoreMetrics};
 pub use s3::S3Store;
 
 /// Size of the chunks [`put_reader`] reads.

@@ -630,3 +630,99 @@ impl Handler for SlowHandler {
         Ok(())
     }
 }
+
+/// Blocks every record until opened.
+pub struct Gate {
+    pub open: tokio::sync::watch::Sender<bool>,
+    pub handled: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl Handler for Gate {
+    async fn handle(&self, _delivery: &Delivery) -> Result<(), HandlerError> {
+        let mut open = self.open.subscribe();
+        let _ = open.wait_for(|open| *open).await;
+        self.handled
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// The consumer reports its partitions' lag: every record while the first
+/// is still being handled, none once all are acknowledged.
+pub async fn lag_is_reported_and_falls_to_zero(bus: Arc<dyn Bus>, timeout: Duration) {
+    let topic = unique("lag");
+    let dlq = unique("lag-dlq");
+    bus.create_topics(&[TopicSpec::new(&topic, 1), TopicSpec::new(&dlq, 1)])
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let id = format!("r{i}");
+        publish_event(&*bus, &topic, &id, &request(&id))
+            .await
+            .unwrap();
+    }
+    let registry = prometheus::Registry::new();
+    let metrics = BusMetrics::register(&registry).unwrap();
+    let group = unique("lag-group");
+    let mut options =
+        ConsumerOptions::new(&group, &[&topic], &Default::default(), &Default::default());
+    options.dead_letter_topic = dlq;
+    let consumer = Consumer::new(bus.clone(), options).with_metrics(metrics.clone());
+    let (open, _) = tokio::sync::watch::channel(false);
+    let gate = Arc::new(Gate {
+        open,
+        handled: Default::default(),
+    });
+    let shutdown = CancellationToken::new();
+    let task = {
+        let (gate, shutdown) = (gate.clone(), shutdown.clone());
+        tokio::spawn(async move { consumer.run(&*gate, shutdown).await })
+    };
+    let wait_for = |want: i64, what: &'static str| {
+        let metrics = metrics.clone();
+        let (group, topic) = (group.clone(), topic.clone());
+        async move {
+            let deadline = Instant::now() + timeout;
+            loop {
+                if metrics.lag(&group, &topic, 0) == Some(want) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: lag {:?}, want {want}",
+                    metrics.lag(&group, &topic, 0)
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // The first record is held by the handler: nothing is committed.
+    wait_for(20, "while the first record is handled").await;
+    gate.open.send_replace(true);
+    wait_for(0, "once every record is acknowledged").await;
+    assert_eq!(gate.handled.load(std::sync::atomic::Ordering::SeqCst), 20);
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    assert!(
+        text.contains(&format!(
+            "chexvision_bus_consumer_lag_records{{group=\"{group}\",partition=\"0\",topic=\"{topic}\"}} 0"
+        )),
+        "{text}"
+    );
+    // Dead letters per topic exist at zero before the first one.
+    assert!(
+        text.contains(&format!(
+            "chexvision_bus_records_total{{outcome=\"dead_lettered\",topic=\"{topic}\"}} 0"
+        )),
+        "{text}"
+    );
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        metrics.lag(&group, &topic, 0),
+        None,
+        "a member that left reports no partitions"
+    );
+}
