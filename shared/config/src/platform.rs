@@ -297,6 +297,10 @@ pub struct Topics {
     pub checkpoints: String,
     pub evaluations: String,
     pub models_promoted: String,
+    /// Every answer of the inference service (no pixels, no identifiers).
+    pub predictions: String,
+    /// Findings radiologists confirmed for earlier predictions.
+    pub feedback: String,
     pub dead_letter: String,
 }
 
@@ -311,6 +315,8 @@ impl Default for Topics {
             checkpoints: "chexvision.checkpoints".into(),
             evaluations: "chexvision.evaluations".into(),
             models_promoted: "chexvision.models.promoted".into(),
+            predictions: "chexvision.predictions".into(),
+            feedback: "chexvision.feedback".into(),
             dead_letter: "chexvision.dlq".into(),
         }
     }
@@ -328,6 +334,8 @@ impl Topics {
             ("checkpoints", &self.checkpoints),
             ("evaluations", &self.evaluations),
             ("models_promoted", &self.models_promoted),
+            ("predictions", &self.predictions),
+            ("feedback", &self.feedback),
             ("dead_letter", &self.dead_letter),
         ]
     }

@@ -61,10 +61,12 @@ pub enum EventKind {
     ModelPromoted,
     DeadLetter,
     DatasetIngested,
+    PredictionMade,
+    FeedbackReceived,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::IngestRequested,
         EventKind::ShardWritten,
         EventKind::DatasetReady,
@@ -74,6 +76,8 @@ impl EventKind {
         EventKind::ModelPromoted,
         EventKind::DeadLetter,
         EventKind::DatasetIngested,
+        EventKind::PredictionMade,
+        EventKind::FeedbackReceived,
     ];
 
     /// The body's field name in JSON (canonical proto3 mapping).
@@ -88,6 +92,8 @@ impl EventKind {
             EventKind::ModelPromoted => "modelPromoted",
             EventKind::DeadLetter => "deadLetter",
             EventKind::DatasetIngested => "datasetIngested",
+            EventKind::PredictionMade => "predictionMade",
+            EventKind::FeedbackReceived => "feedbackReceived",
         }
     }
 
@@ -114,6 +120,8 @@ impl Body {
             Body::ModelPromoted(_) => EventKind::ModelPromoted,
             Body::DeadLetter(_) => EventKind::DeadLetter,
             Body::DatasetIngested(_) => EventKind::DatasetIngested,
+            Body::PredictionMade(_) => EventKind::PredictionMade,
+            Body::FeedbackReceived(_) => EventKind::FeedbackReceived,
         }
     }
 }
@@ -137,6 +145,8 @@ body_from!(
     ModelPromoted,
     DeadLetter,
     DatasetIngested,
+    PredictionMade,
+    FeedbackReceived,
 );
 
 /// Current time as a protobuf timestamp.
