@@ -9,10 +9,13 @@
 //! * [`router`]: actix-web routes over the core: `/v1` JSON predictions
 //!   (and FHIR R4), the Open Inference Protocol (`/v2`), OpenAPI, the web
 //!   page, auth and limits.
+//! * [`events`]: every answer to `chexvision.predictions`, confirmed
+//!   findings to `chexvision.feedback` (the production AUC's inputs).
 //! * [`service`]: the `chexvision-inference` process: the API server, the
 //!   `ModelPromoted` consumer and the registry poll.
 
 pub mod core;
+pub mod events;
 mod metrics;
 pub mod router;
 pub mod service;

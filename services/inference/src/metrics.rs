@@ -34,6 +34,8 @@ pub struct InferenceMetrics {
     pub swap_failures: IntCounterVec,
     pub finding_mean: GaugeVec,
     pub finding_positive_rate: GaugeVec,
+    /// `PredictionMade` events: published, failed, dropped.
+    pub prediction_events: IntCounterVec,
     drift: std::sync::Arc<Mutex<Drift>>,
 }
 
@@ -147,6 +149,17 @@ impl InferenceMetrics {
         registry.register(Box::new(model_loaded_seconds.clone()))?;
         registry.register(Box::new(swaps.clone()))?;
         registry.register(Box::new(swap_failures.clone()))?;
+        let prediction_events = IntCounterVec::new(
+            Opts::new(
+                "chexvision_inference_prediction_events_total",
+                "Predictions sent to chexvision.predictions, by outcome (published, failed, dropped: the queue was full or there is no bus)",
+            ),
+            &["outcome"],
+        )?;
+        for outcome in ["published", "failed", "dropped"] {
+            prediction_events.with_label_values(&[outcome]);
+        }
+        registry.register(Box::new(prediction_events.clone()))?;
         registry.register(Box::new(finding_mean.clone()))?;
         registry.register(Box::new(finding_positive_rate.clone()))?;
         Ok(InferenceMetrics {
@@ -163,6 +176,7 @@ impl InferenceMetrics {
             swap_failures,
             finding_mean,
             finding_positive_rate,
+            prediction_events,
             drift: Default::default(),
         })
     }

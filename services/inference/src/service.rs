@@ -92,6 +92,7 @@ pub fn start_api(
     lifecycle: Arc<Lifecycle>,
     metrics: InferenceMetrics,
     telemetry: chexvision_telemetry::Telemetry,
+    events: crate::events::Events,
     shutdown: CancellationToken,
 ) -> Result<Api> {
     let keys = Keys::load(&settings.api.keys, &settings.api.keys_file)?;
@@ -115,6 +116,7 @@ pub fn start_api(
         metrics,
         telemetry,
         openapi: router::openapi::json(&settings.api),
+        events,
     });
     let app_state = state.clone();
     let workers = match settings.api.workers {
@@ -182,14 +184,39 @@ pub async fn spawn(
         .telemetry
         .health
         .not_ready("model", "no model loaded yet");
+    // Prediction events outlive the API: answers given while it stops are
+    // still published (drained for up to 10 s).
+    let events_stop = CancellationToken::new();
+    let (events, events_task) = crate::events::Events::start(
+        service.bus.clone(),
+        service.config.topics.clone(),
+        metrics.prediction_events.clone(),
+        events_stop.clone(),
+        Duration::from_secs(10),
+    );
     let api = start_api(
         &settings,
         lifecycle.clone(),
         metrics,
         service.telemetry.clone(),
+        events,
         service.shutdown.clone(),
     )?;
     let mut tasks = api.tasks;
+    {
+        let shutdown = service.shutdown.clone();
+        let server = api.server.clone();
+        tasks.push((
+            "prediction events".to_string(),
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                // After the server has answered its last request.
+                server.stop(true).await;
+                events_stop.cancel();
+                events_task.await?
+            }),
+        ));
+    }
 
     match lifecycle.load(lifecycle.initial_target()).await {
         Ok(outcome) => {
@@ -257,6 +284,8 @@ pub async fn spawn(
                 // for it; promotions are followed once it answers.
                 let specs = [
                     chexvision_bus::TopicSpec::new(&topics.models_promoted, partitions),
+                    chexvision_bus::TopicSpec::new(&topics.predictions, partitions),
+                    chexvision_bus::TopicSpec::new(&topics.feedback, partitions),
                     chexvision_bus::TopicSpec::new(&topics.dead_letter, 1),
                 ];
                 loop {

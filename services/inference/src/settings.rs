@@ -78,8 +78,25 @@ pub struct ApiKey {
 pub enum Scope {
     /// Predictions and model metadata.
     Predict,
-    /// Also `/v1/admin/*`.
+    /// Only `POST /v1/feedback`: what a reporting system holds.
+    Feedback,
+    /// Everything, `/v1/admin/*` too.
     Admin,
+}
+
+impl Scope {
+    /// Whether a key of this scope may use a route that needs `needed`.
+    pub fn allows(self, needed: Scope) -> bool {
+        self == Scope::Admin || self == needed
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Predict => "predict",
+            Scope::Feedback => "feedback",
+            Scope::Admin => "admin",
+        }
+    }
 }
 
 /// The micro-batching queue.

@@ -16,6 +16,7 @@ use common::*;
 
 const PREDICT_KEY: &str = "predict-key-0123456789";
 const ADMIN_KEY: &str = "admin-key-9876543210";
+const FEEDBACK_KEY: &str = "feedback-key-5555555555";
 
 fn keyed_settings() -> chexvision_inference::InferenceSettings {
     let mut s = settings();
@@ -29,6 +30,11 @@ fn keyed_settings() -> chexvision_inference::InferenceSettings {
             name: "ops".into(),
             sha256: hash_key(ADMIN_KEY),
             scope: Scope::Admin,
+        },
+        ApiKey {
+            name: "reporting".into(),
+            sha256: hash_key(FEEDBACK_KEY),
+            scope: Scope::Feedback,
         },
     ];
     s.api.max_body_bytes = 256 * 1024;
@@ -908,6 +914,7 @@ async fn the_openapi_document_lists_every_route_and_the_page_is_served() {
         "/v1/predict/batch",
         "/v1/models",
         "/v1/admin/reload",
+        "/v1/feedback",
         "/v2/models/{name}/infer",
         "/v2/health/ready",
         "/healthz",
@@ -932,6 +939,189 @@ async fn the_openapi_document_lists_every_route_and_the_page_is_served() {
     assert!(
         html.contains("id=\"file\"") && !html.contains("https://"),
         "self-contained page"
+    );
+    server.stop().await;
+}
+
+fn reading(positive: &[&str]) -> serde_json::Value {
+    LABELS
+        .iter()
+        .map(|l| {
+            (
+                (*l).to_string(),
+                serde_json::Value::Bool(positive.contains(l)),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_is_published_without_the_study_reference_and_feedback_has_its_own_scope() {
+    let server = TestServer::start(keyed_settings(), true).await;
+    let predict_auth = format!("Bearer {PREDICT_KEY}");
+    let feedback_auth = format!("Bearer {FEEDBACK_KEY}");
+    // One image with a study reference, a JSON batch of two (one with its
+    // own reference), an OIP request; a bad reference is refused.
+    let one = send(
+        "POST",
+        &server.url("/v1/predict?study_ref=ACC-0001"),
+        &[
+            ("content-type", "image/png"),
+            ("authorization", &predict_auth),
+            ("x-request-id", "req-one"),
+        ],
+        png(100, 100, 1),
+    )
+    .await;
+    assert_eq!(one.status, 200, "{}", String::from_utf8_lossy(&one.body));
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let batch = send(
+        "POST",
+        &server.url("/v1/predict/batch"),
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &predict_auth),
+            ("x-request-id", "req-batch"),
+        ],
+        serde_json::json!({"images": [
+            {"data": b64(&png(80, 80, 2))},
+            {"data": b64(&png(90, 90, 3)), "study_ref": "ACC-0002"},
+        ]})
+        .to_string(),
+    )
+    .await;
+    assert_eq!(batch.status, 200);
+    let bad = send(
+        "POST",
+        &server.url("/v1/predict?study_ref=Jane%20Doe"),
+        &[
+            ("content-type", "image/png"),
+            ("authorization", &predict_auth),
+        ],
+        png(100, 100, 1),
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert!(String::from_utf8_lossy(&bad.body).contains("study_ref"));
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let predictions = loop {
+        let events = server.events_on(&server.topics.predictions).await;
+        if events.len() >= 3 || std::time::Instant::now() > deadline {
+            break events;
+        }
+    };
+    let made: Vec<chexvision_events::PredictionMade> = predictions
+        .into_iter()
+        .filter_map(|e| match e.body {
+            Some(chexvision_events::Body::PredictionMade(p)) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let ids: Vec<&str> = made.iter().map(|p| p.request_id.as_str()).collect();
+    assert_eq!(made.len(), 3, "{ids:?}");
+    assert!(
+        ids.contains(&"req-one") && ids.contains(&"req-batch-0") && ids.contains(&"req-batch-1")
+    );
+    let first = made.iter().find(|p| p.request_id == "req-one").unwrap();
+    // The answer's probabilities, the serving version, only the hash.
+    let answered = probabilities(&one.json());
+    assert_eq!(first.probabilities.len(), 15);
+    for (a, b) in answered.iter().zip(&first.probabilities) {
+        assert!((a - b).abs() < 1e-6);
+    }
+    assert_eq!(first.model_version, one.json()["model"]["version"]);
+    assert_eq!(
+        first.study_ref_sha256,
+        chexvision_inference::events::study_ref_sha256("ACC-0001")
+    );
+    let raw = serde_json::to_string(&made).unwrap();
+    assert!(
+        !raw.contains("ACC-000"),
+        "the reference itself never leaves"
+    );
+    let batch_0 = made.iter().find(|p| p.request_id == "req-batch-0").unwrap();
+    assert!(batch_0.study_ref_sha256.is_empty());
+
+    // Feedback: only a feedback (or admin) key; a predict key may not.
+    let body = serde_json::json!({"request_id": "req-one", "findings": reading(&["Effusion"])});
+    let send_feedback = |auth: String, body: String| {
+        let url = server.url("/v1/feedback");
+        async move {
+            send(
+                "POST",
+                &url,
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", &auth),
+                ],
+                body,
+            )
+            .await
+        }
+    };
+    let refused = send_feedback(predict_auth.clone(), body.to_string()).await;
+    assert_eq!(refused.status, 403);
+    assert!(String::from_utf8_lossy(&refused.body).contains("feedback scope"));
+    let taken = send_feedback(feedback_auth.clone(), body.to_string()).await;
+    assert_eq!(
+        taken.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&taken.body)
+    );
+    assert_eq!(taken.json()["positive"], serde_json::json!(["Effusion"]));
+    let by_study = serde_json::json!({"study_ref": "ACC-0002", "findings": reading(&[]), "confirmed_at": "2026-01-02T03:04:05Z"});
+    assert_eq!(
+        send_feedback(feedback_auth.clone(), by_study.to_string())
+            .await
+            .status,
+        202
+    );
+    // A feedback key cannot predict.
+    let cannot = send(
+        "POST",
+        &server.url("/v1/predict"),
+        &[
+            ("content-type", "image/png"),
+            ("authorization", &feedback_auth),
+        ],
+        png(100, 100, 1),
+    )
+    .await;
+    assert_eq!(cannot.status, 403);
+    // Incomplete readings are refused by name.
+    let partial = serde_json::json!({"request_id": "req-one", "findings": {"Effusion": true}});
+    let answer = send_feedback(feedback_auth.clone(), partial.to_string()).await;
+    assert_eq!(answer.status, 400);
+    assert!(String::from_utf8_lossy(&answer.body).contains("missing: Atelectasis"));
+
+    let feedback: Vec<chexvision_events::FeedbackReceived> = server
+        .events_on(&server.topics.feedback)
+        .await
+        .into_iter()
+        .filter_map(|e| match e.body {
+            Some(chexvision_events::Body::FeedbackReceived(f)) => Some(f),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(feedback.len(), 2);
+    assert_eq!(feedback[0].request_id, "req-one");
+    assert_eq!(feedback[0].source, "api:reporting");
+    assert!(feedback[0].findings[2] && feedback[0].findings.iter().filter(|p| **p).count() == 1);
+    assert_eq!(
+        feedback[1].study_ref_sha256,
+        chexvision_inference::events::study_ref_sha256("ACC-0002")
+    );
+    assert_eq!(
+        feedback[1].confirmed_at.as_ref().unwrap().seconds,
+        1_767_323_045
+    );
+    let metrics = String::from_utf8_lossy(&get(&server.url("/metrics")).await.body).to_string();
+    assert!(
+        metrics.contains(r#"chexvision_inference_prediction_events_total{outcome="published"} 3"#),
+        "{metrics}"
     );
     server.stop().await;
 }

@@ -72,13 +72,15 @@ impl Keys {
             .iter()
             .find(|k| k.sha256 == digest)
             .ok_or_else(|| unauthorized("the API key is not known"))?;
-        if key.scope < scope {
+        if !key.scope.allows(scope) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!(
-                    "key `{}` may not use this route (needs the admin scope)",
-                    key.name
+                    "key `{}` has the {} scope; this route needs the {} scope",
+                    key.name,
+                    key.scope.name(),
+                    scope.name()
                 ),
             ));
         }

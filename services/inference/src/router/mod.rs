@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod body;
 pub mod errors;
+pub mod feedback;
 pub mod fhir;
 pub mod multipart;
 pub mod oip;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub telemetry: Telemetry,
     /// `/openapi.json`, built once.
     pub openapi: String,
+    /// Prediction and feedback events.
+    pub events: crate::events::Events,
 }
 
 /// Mounts every route on an actix-web app.
@@ -53,6 +56,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             .route("/metrics", web::get().to(v1::metrics))
             .route("/v1/predict", web::post().to(v1::predict))
             .route("/v1/predict/batch", web::post().to(v1::predict_batch))
+            .route("/v1/feedback", web::post().to(feedback::feedback))
             .route("/v1/models", web::get().to(v1::models))
             .route("/v1/admin/reload", web::post().to(v1::reload))
             .route("/v2", web::get().to(oip::server_metadata))

@@ -304,6 +304,9 @@ async fn infer_inner(
     }
     let parsed = parse_infer(&body, header_length, state.api.max_batch_images)
         .map_err(|e| ApiError::bad_request(e.0))?;
+    if let Some(study_ref) = &parsed.study_ref {
+        crate::events::validate_study_ref(study_ref).map_err(ApiError::bad_request)?;
+    }
     let runs = parsed.inputs.into_iter().map(|input| {
         let input = match input {
             WireInput::Encoded(bytes) => ImageInput::Encoded(bytes),
@@ -319,6 +322,21 @@ async fn infer_inner(
     });
     let predictions = futures::future::try_join_all(runs).await?;
     let n = predictions.len();
+    for (i, prediction) in predictions.iter().enumerate() {
+        // One image: the request's id; several: `{id}-{index}` as in a batch.
+        let request_id = if n == 1 {
+            ctx.id.clone()
+        } else {
+            format!("{}-{i}", ctx.id)
+        };
+        state.events.prediction(
+            &request_id,
+            prediction,
+            parsed.study_ref.as_deref(),
+            "/v2/infer",
+            parsed.tta,
+        );
+    }
     // Every image of one request answered by one model: report it.
     let model_version = predictions
         .first()

@@ -87,6 +87,8 @@ pub struct ParsedInfer {
     pub id: Option<String>,
     pub inputs: Vec<WireInput>,
     pub tta: bool,
+    /// The request parameter `study_ref` (checked by the caller).
+    pub study_ref: Option<String>,
     /// Requested outputs: (index 0 findings / 1 abnormal, binary).
     pub outputs: Vec<(usize, bool)>,
 }
@@ -251,9 +253,15 @@ pub fn parse_infer(
             })
             .collect::<Result<_, _>>()?,
     };
+    let study_ref = match request.parameters.as_ref().and_then(|p| p.get("study_ref")) {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(WireError::new("the parameter study_ref must be a string")),
+    };
     Ok(ParsedInfer {
         id: request.id,
         tta: bool_parameter(&request.parameters, "tta"),
+        study_ref,
         inputs,
         outputs,
     })

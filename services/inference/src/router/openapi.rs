@@ -15,6 +15,7 @@ use utoipa::openapi::{
 use utoipa::OpenApi;
 
 use super::errors::{ErrorBody, ErrorDetail, OipErrorBody};
+use super::feedback::{FeedbackAccepted, FeedbackRequest};
 use super::oip::{
     InferInput, InferRequest, InferResponse, ModelMetadata, OutputTensor, RequestedOutput,
     ServerMetadata, TensorMetadata,
@@ -49,6 +50,8 @@ use crate::core::Timings;
         ModelsResponse,
         ReloadRequest,
         ReloadResponse,
+        FeedbackRequest,
+        FeedbackAccepted,
         ServerMetadata,
         TensorMetadata,
         ModelMetadata,
@@ -173,6 +176,16 @@ fn predict_parameters(op: OperationBuilder, max_deadline_ms: u64) -> OperationBu
         string(),
     ))
     .parameter(query("model", "a loaded model version", string()))
+    .parameter(query(
+        "study_ref",
+        "an opaque study reference (1-128 of A-Z a-z 0-9 . _ : / -) for confirming the findings later with POST /v1/feedback; only its sha256 leaves the service",
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(128))
+            .pattern(Some("^[A-Za-z0-9._:/-]+$"))
+            .into(),
+    ))
     .parameter(header_param(
         "X-Request-Deadline-Ms",
         "give up (504) after this many milliseconds",
@@ -341,6 +354,39 @@ fn build(max_deadline_ms: u64, model_name: &str) -> Document {
         ],
         false,
     );
+    let feedback = errors(
+        OperationBuilder::new()
+            .operation_id(Some("feedback"))
+            .summary(Some(
+                "The findings a radiologist confirmed for an earlier prediction (feedback scope)",
+            ))
+            .request_body(Some(
+                RequestBodyBuilder::new()
+                    .required(Some(Required::True))
+                    .content("application/json", json_content("FeedbackRequest"))
+                    .build(),
+            ))
+            .response(
+                "202",
+                ok(
+                    "on the bus: the evaluator will join it to the prediction",
+                    "application/json",
+                    "FeedbackAccepted",
+                ),
+            ),
+        &[
+            (
+                "400",
+                "bad JSON, a finding missing or unknown, no or both of request_id and study_ref",
+            ),
+            ("401", "no API key, or an unknown one"),
+            ("403", "not a feedback (or admin) key"),
+            ("413", "the body is over 16 KiB"),
+            ("415", "not application/json"),
+            ("503", "the bus did not take it: send it again"),
+        ],
+        false,
+    );
     let health = |id: &str, summary: &str| {
         OperationBuilder::new()
             .operation_id(Some(id))
@@ -506,6 +552,10 @@ fn build(max_deadline_ms: u64, model_name: &str) -> Document {
             PathItem::new(HttpMethod::Post, batch.build()),
         )
         .path("/v1/models", PathItem::new(HttpMethod::Get, models.build()))
+        .path(
+            "/v1/feedback",
+            PathItem::new(HttpMethod::Post, feedback.build()),
+        )
         .path(
             "/v1/admin/reload",
             PathItem::new(HttpMethod::Post, reload.build()),

@@ -16,6 +16,7 @@ use super::{fhir, readiness, AppState, Ctx};
 use crate::core::lifecycle::{LoadOutcome, Target};
 use crate::core::model::{LoadedModel, OUTPUTS};
 use crate::core::{HeatmapTarget, ImageInput, PredictRequest, Prediction, Timings};
+use crate::events::validate_study_ref;
 use crate::settings::Scope;
 use crate::InferenceError;
 
@@ -30,6 +31,10 @@ pub struct PredictOptions {
     pub heatmap: Option<String>,
     /// A loaded model version to use instead of the serving one.
     pub model: Option<String>,
+    /// An opaque reference to the study (an accession number, say), for
+    /// confirming the findings later with `POST /v1/feedback`. Only its
+    /// sha256 leaves the service.
+    pub study_ref: Option<String>,
 }
 
 /// The model that computed an answer.
@@ -96,6 +101,8 @@ pub struct BatchImage {
     pub content_type: Option<String>,
     /// The image file, base64 (standard alphabet).
     pub data: String,
+    /// This image's study reference (else the query's `study_ref`).
+    pub study_ref: Option<String>,
 }
 
 /// A JSON batch.
@@ -189,9 +196,18 @@ fn parse_heatmap(value: Option<&str>) -> Result<Option<HeatmapTarget>, ApiError>
 }
 
 fn options(req: &HttpRequest) -> Result<PredictOptions, ApiError> {
-    web::Query::<PredictOptions>::from_query(req.query_string())
+    let options = web::Query::<PredictOptions>::from_query(req.query_string())
         .map(web::Query::into_inner)
-        .map_err(|e| ApiError::bad_request(format!("query options: {e}")))
+        .map_err(|e| ApiError::bad_request(format!("query options: {e}")))?;
+    check_study_ref(options.study_ref.as_deref())?;
+    Ok(options)
+}
+
+fn check_study_ref(study_ref: Option<&str>) -> Result<(), ApiError> {
+    match study_ref {
+        Some(value) => validate_study_ref(value).map_err(ApiError::bad_request),
+        None => Ok(()),
+    }
 }
 
 /// The JSON answer for one prediction.
@@ -364,16 +380,24 @@ async fn predict_one(
         )));
     }
     let (_, bytes) = images.remove(0);
+    let tta = options.tta.unwrap_or(false);
     let prediction = state
         .core
         .predict(PredictRequest {
             input: ImageInput::Encoded(bytes),
-            tta: options.tta.unwrap_or(false),
+            tta,
             heatmap,
             model: options.model,
             deadline,
         })
         .await?;
+    state.events.prediction(
+        &ctx.id,
+        &prediction,
+        options.study_ref.as_deref(),
+        "/v1/predict",
+        tta,
+    );
     if wants_fhir(req) {
         let report = fhir::diagnostic_report(&ctx.id, &prediction);
         return Ok(HttpResponse::Ok()
@@ -382,6 +406,14 @@ async fn predict_one(
     }
     Ok(HttpResponse::Ok().json(predict_response(&ctx.id, &prediction)))
 }
+
+/// One image of a batch: the caller's id, its study reference, and its
+/// bytes or why there are none.
+type BatchInput = (
+    Option<String>,
+    Option<String>,
+    Result<bytes::Bytes, ApiError>,
+);
 
 /// `POST /v1/predict/batch`.
 pub async fn predict_batch(
@@ -403,28 +435,31 @@ async fn batch(
     ctx.authorize(req, state, Scope::Predict)?;
     let mut options = options(req)?;
     let deadline = ctx.deadline(req, &state.api)?;
-    let images: Vec<(Option<String>, Result<bytes::Bytes, ApiError>)> =
-        match images_of(req, payload, state, true).await? {
-            Body::Images(images) => images.into_iter().map(|(id, b)| (id, Ok(b))).collect(),
-            Body::Json(batch) => {
-                options.tta = batch.tta.or(options.tta);
-                options.heatmap = batch.heatmap.or(options.heatmap);
-                options.model = batch.model.or(options.model);
-                batch
-                    .images
-                    .into_iter()
-                    .map(|image| {
-                        let data = base64::engine::general_purpose::STANDARD
-                            .decode(image.data.as_bytes())
-                            .map(bytes::Bytes::from)
-                            .map_err(|e| {
-                                ApiError::bad_request(format!("`data` is not base64: {e}"))
-                            });
-                        (image.id, data)
-                    })
-                    .collect()
-            }
-        };
+    // (caller's id, study reference, image bytes or why not)
+    let images: Vec<BatchInput> = match images_of(req, payload, state, true).await? {
+        Body::Images(images) => images
+            .into_iter()
+            .map(|(id, b)| (id, options.study_ref.clone(), Ok(b)))
+            .collect(),
+        Body::Json(batch) => {
+            options.tta = batch.tta.or(options.tta);
+            options.heatmap = batch.heatmap.or(options.heatmap);
+            options.model = batch.model.or(options.model);
+            batch
+                .images
+                .into_iter()
+                .map(|image| {
+                    let data = base64::engine::general_purpose::STANDARD
+                        .decode(image.data.as_bytes())
+                        .map(bytes::Bytes::from)
+                        .map_err(|e| ApiError::bad_request(format!("`data` is not base64: {e}")));
+                    let study_ref = image.study_ref.or_else(|| options.study_ref.clone());
+                    let data = check_study_ref(study_ref.as_deref()).and(data);
+                    (image.id, study_ref, data)
+                })
+                .collect()
+        }
+    };
     if images.is_empty() {
         return Err(ApiError::bad_request("the batch holds no images"));
     }
@@ -442,49 +477,61 @@ async fn batch(
     let heatmap = parse_heatmap(options.heatmap.as_deref())?;
     state.core.model_for(options.model.as_deref())?;
     let tta = options.tta.unwrap_or(false);
-    let runs = images.into_iter().enumerate().map(|(index, (id, data))| {
-        let model = options.model.clone();
-        let request_id = format!("{}-{index}", ctx.id);
-        async move {
-            let result = match data {
-                Err(e) => Err(e),
-                Ok(bytes) if bytes.is_empty() => Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "empty_body",
-                    "this image is empty",
-                )),
-                Ok(bytes) => state
-                    .core
-                    .predict(PredictRequest {
-                        input: ImageInput::Encoded(bytes),
-                        tta,
-                        heatmap,
-                        model,
-                        deadline,
-                    })
-                    .await
-                    .map_err(ApiError::from),
-            };
-            match result {
-                Ok(p) => BatchEntry {
-                    index,
-                    id,
-                    prediction: Some(predict_response(&request_id, &p)),
-                    error: None,
-                },
-                Err(e) => BatchEntry {
-                    index,
-                    id,
-                    prediction: None,
-                    error: Some(ErrorDetail {
-                        code: e.code.to_string(),
-                        message: e.message,
-                        request_id,
-                    }),
-                },
+    let runs = images
+        .into_iter()
+        .enumerate()
+        .map(|(index, (id, study_ref, data))| {
+            let model = options.model.clone();
+            let request_id = format!("{}-{index}", ctx.id);
+            async move {
+                let result = match data {
+                    Err(e) => Err(e),
+                    Ok(bytes) if bytes.is_empty() => Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "empty_body",
+                        "this image is empty",
+                    )),
+                    Ok(bytes) => state
+                        .core
+                        .predict(PredictRequest {
+                            input: ImageInput::Encoded(bytes),
+                            tta,
+                            heatmap,
+                            model,
+                            deadline,
+                        })
+                        .await
+                        .map_err(ApiError::from),
+                };
+                match result {
+                    Ok(p) => {
+                        state.events.prediction(
+                            &request_id,
+                            &p,
+                            study_ref.as_deref(),
+                            "/v1/predict/batch",
+                            tta,
+                        );
+                        BatchEntry {
+                            index,
+                            id,
+                            prediction: Some(predict_response(&request_id, &p)),
+                            error: None,
+                        }
+                    }
+                    Err(e) => BatchEntry {
+                        index,
+                        id,
+                        prediction: None,
+                        error: Some(ErrorDetail {
+                            code: e.code.to_string(),
+                            message: e.message,
+                            request_id,
+                        }),
+                    },
+                }
             }
-        }
-    });
+        });
     let results = futures::future::join_all(runs).await;
     Ok(HttpResponse::Ok().json(BatchResponse {
         request_id: ctx.id.clone(),

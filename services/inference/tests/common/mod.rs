@@ -141,7 +141,11 @@ pub struct TestServer {
     pub state: actix_web::web::Data<AppState>,
     pub telemetry: chexvision_telemetry::Telemetry,
     pub shutdown: CancellationToken,
+    /// The in-process bus predictions and feedback are published on.
+    pub bus: Arc<dyn chexvision_bus::Bus>,
+    pub topics: chexvision_config::Topics,
     api: Option<Api>,
+    events_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -174,11 +178,27 @@ impl TestServer {
             lifecycle.load(Target::Production).await.unwrap();
         }
         let shutdown = CancellationToken::new();
+        let bus: Arc<dyn chexvision_bus::Bus> = Arc::new(chexvision_bus::MemoryBus::new());
+        let topics = chexvision_config::Topics::default();
+        bus.create_topics(&[
+            chexvision_bus::TopicSpec::new(&topics.predictions, 1),
+            chexvision_bus::TopicSpec::new(&topics.feedback, 1),
+        ])
+        .await
+        .unwrap();
+        let (events, events_task) = chexvision_inference::events::Events::start(
+            bus.clone(),
+            topics.clone(),
+            metrics.prediction_events.clone(),
+            shutdown.clone(),
+            std::time::Duration::from_secs(2),
+        );
         let api = start_api(
             &settings,
             lifecycle.clone(),
             metrics,
             telemetry.clone(),
+            events,
             shutdown.clone(),
         )
         .unwrap();
@@ -189,7 +209,10 @@ impl TestServer {
             state: api.state.clone(),
             telemetry,
             shutdown,
+            bus,
+            topics,
             api: Some(api),
+            events_task: Some(events_task),
             _dir: dir,
         }
     }
@@ -205,6 +228,25 @@ impl TestServer {
                 let _ = task.await;
             }
         }
+        if let Some(task) = self.events_task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Every event published on `topic` so far (read by a fresh group).
+    pub async fn events_on(&self, topic: &str) -> Vec<chexvision_events::Envelope> {
+        let mut sub = self
+            .bus
+            .subscribe(&uuid::Uuid::new_v4().to_string(), &[topic.to_owned()])
+            .await
+            .unwrap();
+        let mut events = Vec::new();
+        while let Ok(Ok(delivery)) =
+            tokio::time::timeout(std::time::Duration::from_millis(300), sub.next()).await
+        {
+            events.push(chexvision_events::Envelope::decode_checked(&delivery.payload).unwrap());
+        }
+        events
     }
 }
 
