@@ -16,10 +16,14 @@
 //! * [`evaluate()`]: one evaluation end to end; `chexvision evaluate` and
 //!   the service both call it.
 //! * [`promote`]: the registry record and the promotion decision.
+//! * [`monitor`]: production AUC per model version and window from the
+//!   predictions the inference service made and the findings
+//!   radiologists confirmed.
 //! * [`service`]: the `chexvision-evaluator` service; [`EvaluatorMetrics`].
 
 pub mod evaluate;
 mod metrics;
+pub mod monitor;
 pub mod plots;
 pub mod predictions;
 pub mod promote;
@@ -35,7 +39,9 @@ pub use evaluate::{
 };
 pub use metrics::EvaluatorMetrics;
 pub use report::Report;
-pub use settings::{CheckpointSelection, EvaluationSettings, EvaluatorServiceSettings};
+pub use settings::{
+    CheckpointSelection, EvaluationSettings, EvaluatorServiceSettings, MonitorSettings,
+};
 
 /// Why an evaluation failed.
 #[derive(Debug, thiserror::Error)]

@@ -33,6 +33,10 @@ pub struct EvaluatorMetrics {
     pub model_macro_auc_upper: GaugeVec,
     pub model_binary_auc: GaugeVec,
     pub model_ece: GaugeVec,
+    /// The evaluation's mean probability and positive rate per finding:
+    /// what the served model's drift is measured against.
+    pub model_probability_mean: GaugeVec,
+    pub model_positive_rate: GaugeVec,
     pub production_model_info: IntGaugeVec,
     /// Promotion decisions by outcome: promoted, refused.
     pub promotions: IntCounterVec,
@@ -114,6 +118,16 @@ impl EvaluatorMetrics {
                 "Expected calibration error (15 bins) of the abnormal head",
                 &per_model,
             )?,
+            model_probability_mean: model(
+                "chexvision_model_probability_mean",
+                "Mean probability per finding over the evaluated split (the drift reference)",
+                &per_finding,
+            )?,
+            model_positive_rate: model(
+                "chexvision_model_positive_rate",
+                "Share of the evaluated split called positive at the registry's threshold, per finding",
+                &per_finding,
+            )?,
             production_model_info: IntGaugeVec::new(
                 Opts::new(
                     "chexvision_production_model_info",
@@ -143,6 +157,8 @@ impl EvaluatorMetrics {
             &metrics.model_macro_auc_upper,
             &metrics.model_binary_auc,
             &metrics.model_ece,
+            &metrics.model_probability_mean,
+            &metrics.model_positive_rate,
         ] {
             registry.register(Box::new(gauge.clone()))?;
         }
@@ -172,6 +188,16 @@ impl EvaluatorMetrics {
             if let Some([lo, hi]) = f.auc_interval {
                 self.model_auc_lower.with_label_values(&labels).set(lo);
                 self.model_auc_upper.with_label_values(&labels).set(hi);
+            }
+            if let Some(mean) = f.mean_probability {
+                self.model_probability_mean
+                    .with_label_values(&labels)
+                    .set(mean);
+            }
+            if let Some(rate) = f.positive_rate() {
+                self.model_positive_rate
+                    .with_label_values(&labels)
+                    .set(rate);
             }
         }
         let labels = [version, split];

@@ -63,6 +63,20 @@ pub struct OutputReport {
     pub at_half: AtThreshold,
     pub brier: Option<f64>,
     pub ece: Option<f64>,
+    /// Mean probability over the split: the reference the inference
+    /// service's drift gauges are compared with (absent in reports made
+    /// before it was added).
+    #[serde(default)]
+    pub mean_probability: Option<f64>,
+}
+
+impl OutputReport {
+    /// Share of the split called positive at the validation threshold.
+    pub fn positive_rate(&self) -> Option<f64> {
+        let [[tn, fp], [fn_, tp]] = self.at_validation_threshold.as_ref()?.confusion_matrix;
+        let total = tn + fp + fn_ + tp;
+        (total > 0).then(|| (fp + tp) as f64 / total as f64)
+    }
 }
 
 /// The dataset the report is about.
@@ -205,6 +219,8 @@ pub fn compute(
             at_half: AtThreshold::new(&scores, &labels, 0.5),
             brier: brier_score(&scores, &labels),
             ece: calibration(&scores, &labels, ECE_BINS).map(|c| c.ece),
+            mean_probability: (!scores.is_empty())
+                .then(|| scores.iter().sum::<f64>() / scores.len() as f64),
         }
     };
     let pair = |i: Option<chexvision_metrics::Interval>| i.map(|i| [i.lower, i.upper]);

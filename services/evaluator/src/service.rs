@@ -708,5 +708,46 @@ pub async fn spawn(
         metrics: Some(metrics),
     };
     let consumer = service.spawn_consumer(&settings.group, &[topics.checkpoints.as_str()], handler);
-    Ok(vec![consumer, worker_task])
+    let mut tasks = vec![consumer, worker_task];
+    if settings.monitor.enabled {
+        tasks.extend(spawn_monitor(service, &settings.monitor).await?);
+    }
+    Ok(tasks)
+}
+
+/// The production monitor's consumers (one group per topic: a feedback
+/// being retried never holds predictions back) and its recompute loop.
+async fn spawn_monitor(
+    service: &Service<EvaluatorServiceSettings>,
+    settings: &crate::MonitorSettings,
+) -> anyhow::Result<Vec<Task>> {
+    let topics = service.config.topics.clone();
+    service
+        .create_topics(&[topics.predictions.as_str(), topics.feedback.as_str()])
+        .await?;
+    let metrics = crate::monitor::MonitorMetrics::register(&service.telemetry.registry)?;
+    let monitor =
+        crate::monitor::Monitor::open(service.store.clone(), settings.clone(), metrics).await?;
+    let predictions = service.spawn_consumer(
+        &format!("{}-predictions", settings.group),
+        &[topics.predictions.as_str()],
+        crate::monitor::PredictionHandler {
+            monitor: monitor.clone(),
+            topics: topics.clone(),
+        },
+    );
+    let feedback = service.spawn_consumer(
+        &format!("{}-feedback", settings.group),
+        &[topics.feedback.as_str()],
+        crate::monitor::FeedbackHandler {
+            monitor: monitor.clone(),
+            topics: topics.clone(),
+            max_attempts: service.config.kafka.handler_max_attempts.max(1),
+        },
+    );
+    let recompute = (
+        "production monitor".to_string(),
+        tokio::spawn(monitor.run(service.shutdown.clone())),
+    );
+    Ok(vec![predictions, feedback, recompute])
 }

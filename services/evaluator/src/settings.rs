@@ -98,6 +98,96 @@ pub enum CheckpointSelection {
     All,
 }
 
+/// The production monitor (`service.monitor`): production AUC from
+/// radiologists' confirmations (see `crate::monitor`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitorSettings {
+    pub enabled: bool,
+    /// Consumer groups `{group}-predictions` and `{group}-feedback`.
+    pub group: String,
+    /// Rolling windows (the `window` label): `last` confirmed predictions,
+    /// or those made in the last `seconds`.
+    pub windows: Vec<crate::monitor::WindowSpec>,
+    /// Predictions older than this are forgotten (feedback for them is
+    /// unmatched).
+    pub retention_days: u32,
+    /// Most predictions held for a join (the oldest go first); bounds
+    /// memory and the snapshot (~250 bytes each).
+    pub max_predictions: usize,
+    /// Seconds between recomputations of the gauges while events arrive.
+    pub recompute_secs: u64,
+    /// Snapshot after this many events, or `snapshot_secs`.
+    pub snapshot_every: usize,
+    pub snapshot_secs: u64,
+    pub bootstrap_resamples: usize,
+    pub bootstrap_seed: u64,
+}
+
+impl Default for MonitorSettings {
+    fn default() -> Self {
+        use crate::monitor::WindowSpec;
+        MonitorSettings {
+            enabled: true,
+            group: "chexvision-monitor".into(),
+            windows: vec![
+                WindowSpec::last("last_1000", 1000),
+                WindowSpec::seconds("7d", 7 * 86_400),
+                WindowSpec::seconds("30d", 30 * 86_400),
+            ],
+            retention_days: 90,
+            max_predictions: 500_000,
+            recompute_secs: 30,
+            snapshot_every: 1000,
+            snapshot_secs: 300,
+            bootstrap_resamples: MIN_RESAMPLES,
+            bootstrap_seed: 20_261_206,
+        }
+    }
+}
+
+impl MonitorSettings {
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if self.group.is_empty() {
+            problems.push(("group".into(), "must not be empty".into()));
+        }
+        if self.windows.is_empty() || self.windows.len() > 8 {
+            problems.push(("windows".into(), "give 1 to 8 windows".into()));
+        }
+        for (i, w) in self.windows.iter().enumerate() {
+            if let Some(p) = w.problem() {
+                problems.push((format!("windows[{i}]"), p));
+            }
+            if self.windows[..i].iter().any(|o| o.name == w.name) {
+                problems.push((format!("windows[{i}]"), format!("`{}` twice", w.name)));
+            }
+        }
+        if !(1..=3650).contains(&self.retention_days) {
+            problems.push(("retention_days".into(), "must be 1..=3650".into()));
+        }
+        if !(100..=10_000_000).contains(&self.max_predictions) {
+            problems.push(("max_predictions".into(), "must be 100..=10000000".into()));
+        }
+        if !(1..=3600).contains(&self.recompute_secs) {
+            problems.push(("recompute_secs".into(), "must be 1..=3600".into()));
+        }
+        if !(1..=1_000_000).contains(&self.snapshot_every) {
+            problems.push(("snapshot_every".into(), "must be 1..=1000000".into()));
+        }
+        if !(1..=86_400).contains(&self.snapshot_secs) {
+            problems.push(("snapshot_secs".into(), "must be 1..=86400".into()));
+        }
+        if !(MIN_RESAMPLES..=100_000).contains(&self.bootstrap_resamples) {
+            problems.push((
+                "bootstrap_resamples".into(),
+                format!("must be {MIN_RESAMPLES}..=100000"),
+            ));
+        }
+        problems
+    }
+}
+
 /// `service:` of the evaluator's config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -121,6 +211,8 @@ pub struct EvaluatorServiceSettings {
     pub restore_evaluations: usize,
     /// Names this replica in leases; empty: the host name and a random suffix.
     pub instance_id: String,
+    /// Production AUC from confirmed findings.
+    pub monitor: MonitorSettings,
 }
 
 impl Default for EvaluatorServiceSettings {
@@ -137,6 +229,7 @@ impl Default for EvaluatorServiceSettings {
             max_attempts: 3,
             restore_evaluations: 20,
             instance_id: String::new(),
+            monitor: MonitorSettings::default(),
         }
     }
 }
@@ -160,6 +253,12 @@ impl Validate for EvaluatorServiceSettings {
             .into_iter()
             .map(|(k, v)| (format!("evaluation.{k}"), v))
             .collect();
+        problems.extend(
+            self.monitor
+                .problems()
+                .into_iter()
+                .map(|(k, v)| (format!("monitor.{k}"), v)),
+        );
         if let Err(e) = self.promotion.validate() {
             problems.push(("promotion".into(), e));
         }

@@ -143,6 +143,29 @@ impl InferenceMetrics {
         registry.register(Box::new(stage_seconds.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(batch_size.clone()))?;
+        // Known reasons start at zero: a first failure is an increase a
+        // rule can see, and a panel has a series before it.
+        for reason in ["checkpoint", "model", "registry", "no_model"] {
+            swap_failures.with_label_values(&[reason]);
+        }
+        for reason in ["client_gone", "deadline"] {
+            skipped.with_label_values(&[reason]);
+        }
+        for code in [
+            "queue_full",
+            "model_not_ready",
+            "shutting_down",
+            "deadline_exceeded",
+            "unauthorized",
+            "forbidden",
+            "bad_request",
+            "payload_too_large",
+            "unsupported_media_type",
+            "undecodable_image",
+            "image_too_large",
+        ] {
+            rejected.with_label_values(&[code]);
+        }
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(skipped.clone()))?;
         registry.register(Box::new(model_info.clone()))?;

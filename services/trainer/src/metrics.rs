@@ -36,6 +36,20 @@ pub struct TrainerMetrics {
     pub loader_wait: Histogram,
     /// Checkpoints announced on the bus.
     pub checkpoints: IntCounter,
+    /// Seconds the run in progress needs still: its training images left
+    /// at the current epoch's speed (validation not counted); 0 when no
+    /// run is in progress.
+    pub eta_seconds: Gauge,
+    eta: std::sync::Arc<std::sync::Mutex<Eta>>,
+}
+
+/// What the ETA is computed from.
+#[derive(Debug, Default)]
+struct Eta {
+    epoch_started: Option<std::time::Instant>,
+    epoch_images: u64,
+    epoch_done: u64,
+    epochs_after: u64,
 }
 
 impl TrainerMetrics {
@@ -94,6 +108,11 @@ impl TrainerMetrics {
                 "chexvision_trainer_checkpoints_total",
                 "Checkpoints announced",
             )?,
+            eta_seconds: Gauge::new(
+                "chexvision_trainer_eta_seconds",
+                "Estimated seconds the run in progress needs still (training images left at the current speed; 0 without a run)",
+            )?,
+            eta: Default::default(),
         };
         registry.register(Box::new(metrics.requests.clone()))?;
         registry.register(Box::new(metrics.runs.clone()))?;
@@ -109,19 +128,44 @@ impl TrainerMetrics {
         registry.register(Box::new(metrics.images.clone()))?;
         registry.register(Box::new(metrics.loader_wait.clone()))?;
         registry.register(Box::new(metrics.checkpoints.clone()))?;
+        registry.register(Box::new(metrics.eta_seconds.clone()))?;
         Ok(metrics)
     }
 
     /// Follows a run's progress.
     pub fn observe(&self, progress: RunProgress) {
         match progress {
-            RunProgress::EpochStarted { epoch, .. } => self.epoch.set(i64::from(epoch)),
+            RunProgress::EpochStarted {
+                epoch,
+                epochs,
+                images,
+            } => {
+                self.epoch.set(i64::from(epoch));
+                let mut eta = self.eta.lock().unwrap_or_else(|p| p.into_inner());
+                *eta = Eta {
+                    epoch_started: Some(std::time::Instant::now()),
+                    epoch_images: images,
+                    epoch_done: 0,
+                    epochs_after: u64::from(epochs.saturating_sub(epoch + 1)),
+                };
+            }
             RunProgress::Batch {
                 images,
                 loss,
                 lr,
                 step,
             } => {
+                {
+                    let mut eta = self.eta.lock().unwrap_or_else(|p| p.into_inner());
+                    eta.epoch_done += images as u64;
+                    let elapsed = eta.epoch_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+                    if elapsed > 0.0 && eta.epoch_done > 0 {
+                        let left = eta.epoch_images.saturating_sub(eta.epoch_done)
+                            + eta.epochs_after * eta.epoch_images;
+                        let speed = eta.epoch_done as f64 / elapsed;
+                        self.eta_seconds.set(left as f64 / speed);
+                    }
+                }
                 self.images.inc_by(images as u64);
                 self.loss.set(f64::from(loss));
                 self.learning_rate.set(lr);

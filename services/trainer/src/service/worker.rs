@@ -273,6 +273,8 @@ impl TrainerWorker {
     fn count(&self, outcome: &str) {
         if let Some(metrics) = &self.metrics {
             metrics.runs.with_label_values(&[outcome]).inc();
+            // No run in progress: nothing left to wait for.
+            metrics.eta_seconds.set(0.0);
         }
     }
 
