@@ -9,13 +9,14 @@ PROFILE ?= dev
 PROFILE_DIR := $(if $(filter dev,$(PROFILE)),debug,$(if $(filter bench,$(PROFILE)),release,$(PROFILE)))
 TARGET_DIR = $${CARGO_TARGET_DIR:-$(CURDIR)/target}
 
-.PHONY: help test test-unit lint fmt build deps inference-conformance stack-up stack-down stack-status demo clean-stack bench bench-models bench-serve fuzz fuzz-inference model-parity cuda-build tiny-auc
+.PHONY: help test test-unit lint fmt build deps inference-conformance observability-check stack-up stack-down stack-status demo clean-stack bench bench-models bench-serve fuzz fuzz-inference model-parity cuda-build tiny-auc
 
 help:
 	@echo "make test        lint, then every test, with the local Kafka broker and S3 server (started if needed)"
 	@echo "make test-unit   tests that need no servers (Kafka/S3 suites skip themselves)"
 	@echo "make lint        cargo fmt --check and clippy -D warnings"
 	@echo "make inference-conformance  the inference API against tritonclient, the FHIR R4 schema and schemathesis"
+	@echo "make observability-check  alert rules and their tests, dashboards (generator, Grafana schema), query extractor, Helm chart"
 	@echo "make stack-up    install (first run only) and start tansu + garage on loopback"
 	@echo "make stack-down  stop them"
 	@echo "make demo        send a training request through the local broker and read it back"
@@ -44,6 +45,7 @@ test: lint deps
 	  | awk '{ print } /^test result:/ { passed += $$4; failed += $$6 } \
 	         END { printf "%d passed, %d failed\n", passed, failed }'
 	$(MAKE) --no-print-directory inference-conformance
+	$(MAKE) --no-print-directory observability-check
 
 # The inference service against Triton's client, HL7's FHIR R4 schema and
 # schemathesis (tests/inference/README.md); uses the binaries `test` built.
@@ -52,10 +54,18 @@ inference-conformance:
 	  CHEXVISION_INFERENCE_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision-inference" \
 	  PYTHON=$(PYTHON) scripts/inference_conformance.sh
 
+# Alert rules and their promtool unit tests, the dashboards against their
+# generator and Grafana's schema, the query extractor, the metric names
+# against the Rust sources, the Helm chart (docs/operations.md). No server.
+observability-check:
+	PYTHON=$(PYTHON) scripts/observability_check.sh
+
 # Test tools: a real Prometheus (Debian's package) scrapes /metrics,
 # scikit-learn (PyPI) recomputes the evaluator's AUCs in its end-to-end test,
-# Chromium drives the inference web page, and tritonclient, schemathesis and
-# jsonschema (PyPI) check the inference API from outside.
+# Chromium drives the inference web page, tritonclient, schemathesis and
+# jsonschema (PyPI) check the inference API from outside, and promtool (in
+# Debian's prometheus) with Grafana's and Helm's SDKs (PyPI) check the
+# observability files.
 deps:
 	@command -v prometheus >/dev/null || { \
 	  echo "installing prometheus (Debian package)" >&2; \
@@ -71,6 +81,9 @@ deps:
 	@$(PYTHON) -c "import tritonclient.http, schemathesis, jsonschema" 2>/dev/null || { \
 	  echo "installing the inference conformance tools (PyPI: tests/inference/requirements.txt)" >&2; \
 	  $(PYTHON) -m pip install -q --root-user-action=ignore -r tests/inference/requirements.txt; }
+	@$(PYTHON) -c "import grafana_foundation_sdk, helm_python, yaml" 2>/dev/null || { \
+	  echo "installing the observability check tools (PyPI: tests/observability/requirements.txt)" >&2; \
+	  $(PYTHON) -m pip install -q --root-user-action=ignore -r tests/observability/requirements.txt; }
 
 test-unit:
 	$(CARGO) test --profile $(PROFILE) --workspace --locked --lib --bins --tests
