@@ -36,6 +36,7 @@ help:
 test: lint deps
 	eval "$$(scripts/stack.sh up)" && \
 	  CHEXVISION_REQUIRE_STACK=1 \
+	  CHEXVISION_INGEST_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision-ingest" \
 	  CHEXVISION_PREPROCESS_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision-preprocess" \
 	  CHEXVISION_TRAINER_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision-trainer" \
 	  CHEXVISION_EVALUATOR_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision-evaluator" \

@@ -466,6 +466,49 @@ impl Prometheus {
         std::fs::rename(&tmp, &self.targets).unwrap();
     }
 
+    /// Scrape each `(job, address)` from now on, labelled with its job.
+    pub fn scrape_jobs(&self, jobs: &[(&str, SocketAddr)]) {
+        let groups: Vec<serde_json::Value> = jobs
+            .iter()
+            .map(|(job, address)| {
+                serde_json::json!({"targets": [address.to_string()], "labels": {"job": job}})
+            })
+            .collect();
+        let tmp = self.targets.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::Value::Array(groups).to_string()).unwrap();
+        std::fs::rename(&tmp, &self.targets).unwrap();
+    }
+
+    /// The whole answer of an instant query (`status`, `data`, `error`).
+    pub fn query_json(&self, promql: &str) -> serde_json::Value {
+        let mut encoded = String::new();
+        for b in promql.bytes() {
+            if b.is_ascii_alphanumeric() || b"_.-".contains(&b) {
+                encoded.push(b as char);
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        let answer = (|| -> Option<serde_json::Value> {
+            let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .ok()?;
+            write!(
+                stream,
+                "GET /api/v1/query?query={encoded} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+            )
+            .ok()?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response).ok()?;
+            let (_, body) = response.split_once("\r\n\r\n")?;
+            serde_json::from_str(body).ok()
+        })();
+        answer.unwrap_or_else(
+            || serde_json::json!({"status": "error", "error": "no answer from Prometheus"}),
+        )
+    }
+
     /// The value of a one-series instant query, if Prometheus has it.
     pub fn query(&self, promql: &str) -> Option<f64> {
         let mut encoded = String::new();

@@ -1,0 +1,577 @@
+//! Observability end to end: all five service binaries against the local
+//! stack (a Kafka-protocol broker and an S3 server), scraped by a real
+//! Prometheus, through a short flow a hospital would run:
+//!
+//! synthetic images ingested (an `IngestRequested` on the bus) → prepared →
+//! trained (a `TrainingRequested`) → evaluated and promoted → served →
+//! 110 predictions (one too slow: a 504) → radiologists' readings back on
+//! `POST /v1/feedback` (a duplicate, one for a request nobody made).
+//!
+//! Then:
+//! * the production AUC Prometheus reads (macro and abnormal) equals
+//!   scikit-learn's on the pairs the test sent (the answers' probabilities,
+//!   the images' true labels), and the unknown request is dead-lettered;
+//! * every PromQL expression of every dashboard panel and annotation and
+//!   of every alert rule (`scripts/observability/queries.py`) runs against
+//!   that Prometheus and returns data: a query that returns nothing fails.
+//!
+//! Skipped without the stack unless CHEXVISION_REQUIRE_STACK=1 (make test, CI).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+mod common;
+use chexvision_bus::{Bus, TopicSpec};
+use chexvision_events::Body;
+use common::{
+    cli, free_port, prometheus_binary, repo_file, service_binary, stack, topic_env, topic_of,
+    Deadline, Prometheus, Service, TopicReader,
+};
+
+const TOPICS: [&str; 11] = [
+    "INGEST_REQUESTS",
+    "SHARDS_RAW",
+    "SHARDS_READY",
+    "DATASETS",
+    "TRAINING_REQUESTS",
+    "CHECKPOINTS",
+    "EVALUATIONS",
+    "MODELS_PROMOTED",
+    "PREDICTIONS",
+    "FEEDBACK",
+    "DEAD_LETTER",
+];
+
+/// Images sent to the served model, and how many come with a study reference.
+const PREDICTIONS: usize = 110;
+const WITH_STUDY: usize = 100;
+
+/// An HTTP/1.0 request to the inference API: (status, body).
+fn http(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let status_line = String::from_utf8_lossy(&response[..split]).to_string();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    (status, response[split + 4..].to_vec())
+}
+
+/// scikit-learn's macro (over findings with both outcomes) and abnormal AUC.
+fn sklearn(probabilities: &[Vec<f64>], labels: &[Vec<bool>]) -> (f64, f64) {
+    let input = serde_json::json!({"p": probabilities, "y": labels}).to_string();
+    let script = "import json,sys\nfrom sklearn.metrics import roc_auc_score\n\
+                  d=json.load(sys.stdin); p=d['p']; y=d['y']\n\
+                  col=lambda m,c:[r[c] for r in m]\n\
+                  a=[roc_auc_score(col(y,c),col(p,c)) for c in range(14) if 0<sum(col(y,c))<len(y)]\n\
+                  print(json.dumps([sum(a)/len(a), roc_auc_score(col(y,14),col(p,14))]))";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "scikit-learn (make deps installs it)"
+    );
+    let v: Vec<f64> = serde_json::from_slice(&output.stdout).unwrap();
+    (v[0], v[1])
+}
+
+/// Every expression the dashboards and alert rules hold, as the
+/// extractor gives them: (source, expression).
+fn extracted_queries() -> Vec<(String, String)> {
+    let output = Command::new("python3")
+        .arg(repo_file("scripts/observability/queries.py"))
+        .current_dir(repo_file(""))
+        .output()
+        .expect("run scripts/observability/queries.py");
+    assert!(
+        output.status.success(),
+        "queries.py: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                format!(
+                    "{} [{}]",
+                    v["source"].as_str().unwrap(),
+                    v["kind"].as_str().unwrap_or("")
+                ),
+                v["expr"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_and_alert_query_returns_data_after_a_short_flow() {
+    let Some(common::Stack { config, bucket }) = stack() else {
+        return;
+    };
+    let Some(prometheus_bin) = prometheus_binary() else {
+        assert!(
+            std::env::var("CHEXVISION_REQUIRE_STACK").as_deref() != Ok("1"),
+            "CHEXVISION_REQUIRE_STACK=1 but no prometheus binary"
+        );
+        return;
+    };
+    let unique = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let mut env = topic_env("obs", &unique, &TOPICS);
+    env.push((
+        "CHEXVISION_STORE".into(),
+        format!("s3://{bucket}/e2e-obs-{unique}"),
+    ));
+    let topic = |name: &str| topic_of(&env, name);
+    let bus: Arc<dyn Bus> = chexvision_bus::connect(&config.bus, &config.kafka).unwrap();
+    bus.create_topics(
+        &TOPICS
+            .iter()
+            .map(|t| {
+                TopicSpec::new(
+                    topic(t),
+                    if *t == "DEAD_LETTER" {
+                        1
+                    } else {
+                        config.kafka.partitions
+                    },
+                )
+            })
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let datasets = TopicReader::start(&bus, &topic("DATASETS")).await;
+    let promotions = TopicReader::start(&bus, &topic("MODELS_PROMOTED")).await;
+    let dead_letters = TopicReader::start(&bus, &topic("DEAD_LETTER")).await;
+
+    // The images the hospital will send, with their truth.
+    let source = tempfile::tempdir().unwrap();
+    let source_path = source.path().display().to_string();
+    cli(
+        &env,
+        &[
+            "synth",
+            "--rows",
+            &PREDICTIONS.to_string(),
+            "--size",
+            "64",
+            "--seed",
+            "31",
+            "--min-finding-share",
+            "0.08",
+            "--visible-at",
+            "64",
+            "--out",
+            &source_path,
+        ],
+        None,
+    );
+    let table = std::fs::read_to_string(source.path().join("Data_Entry_2017_v2020.csv")).unwrap();
+    let cases: Vec<(String, Vec<bool>)> = table
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let mut fields = line.split(',');
+            let name = fields.next().unwrap().to_owned();
+            let findings: Vec<&str> = fields.next().unwrap().split('|').collect();
+            let truth = chexvision_dataset::LABELS
+                .iter()
+                .map(|l| findings.contains(l))
+                .collect();
+            (name, truth)
+        })
+        .collect();
+    assert_eq!(cases.len(), PREDICTIONS);
+
+    // configs/tiny.yaml made smaller still.
+    let configs = tempfile::tempdir().unwrap();
+    std::fs::write(
+        configs.path().join("e2e.yaml"),
+        format!(
+            "inherits: {}\nservice:\n  image_size: 64\n  recipe:\n    epochs: 2\n    batch_size: 16\n",
+            repo_file("configs/tiny.yaml")
+        ),
+    )
+    .unwrap();
+
+    // The five services, each with groups of its own.
+    let with = |extra: &[(&str, String)]| {
+        let mut e = env.clone();
+        e.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        e
+    };
+    let start = |package: &str, variable: &str, config: &str, env: Vec<(String, String)>| {
+        Service::start(
+            &service_binary(package, variable),
+            Path::new(&repo_file(config)),
+            &env,
+            package,
+        )
+    };
+    let mut ingest = start(
+        "chexvision-ingest",
+        "CHEXVISION_INGEST_BIN",
+        "configs/ingest.yaml",
+        with(&[("CHEXVISION_SERVICE__GROUP", format!("obs-ingest-{unique}"))]),
+    );
+    let mut preprocess = start(
+        "chexvision-preprocess",
+        "CHEXVISION_PREPROCESS_BIN",
+        "configs/preprocess.yaml",
+        with(&[
+            (
+                "CHEXVISION_SERVICE__GROUP",
+                format!("obs-preprocess-{unique}"),
+            ),
+            ("CHEXVISION_SERVICE__SIZE_PX", "64".into()),
+        ]),
+    );
+    let configs_dir = configs.path().display().to_string();
+    let mut trainer = start(
+        "chexvision-trainer",
+        "CHEXVISION_TRAINER_BIN",
+        "configs/trainer.yaml",
+        with(&[
+            ("CHEXVISION_SERVICE__GROUP", format!("obs-trainer-{unique}")),
+            ("CHEXVISION_SERVICE__CONFIGS_DIR", configs_dir.clone()),
+            ("CHEXVISION_SERVICE__DEFAULT_CONFIG", "e2e".into()),
+            ("CHEXVISION_SERVICE__DENSENET_CONFIG", "e2e".into()),
+            ("CHEXVISION_SERVICE__SE_RESNET_CONFIG", "e2e".into()),
+        ]),
+    );
+    let mut evaluator = start(
+        "chexvision-evaluator",
+        "CHEXVISION_EVALUATOR_BIN",
+        "configs/evaluator.yaml",
+        with(&[
+            (
+                "CHEXVISION_SERVICE__GROUP",
+                format!("obs-evaluator-{unique}"),
+            ),
+            ("CHEXVISION_SERVICE__RESCAN_SECS", "1".into()),
+            ("CHEXVISION_SERVICE__EVALUATION__PLOTS", "false".into()),
+            (
+                "CHEXVISION_SERVICE__MONITOR__GROUP",
+                format!("obs-monitor-{unique}"),
+            ),
+            ("CHEXVISION_SERVICE__MONITOR__RECOMPUTE_SECS", "1".into()),
+        ]),
+    );
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut inference = start(
+        "chexvision-inference",
+        "CHEXVISION_INFERENCE_BIN",
+        "configs/inference.yaml",
+        with(&[
+            ("CHEXVISION_SERVICE__API__BIND", api.to_string()),
+            ("CHEXVISION_SERVICE__MODEL__REGISTRY_POLL_SECS", "1".into()),
+            (
+                "CHEXVISION_SERVICE__MODEL__INSTANCE_ID",
+                format!("obs-{unique}"),
+            ),
+        ]),
+    );
+    let prometheus = Prometheus::start(&prometheus_bin);
+    let mut jobs = Vec::new();
+    for service in [
+        &mut ingest,
+        &mut preprocess,
+        &mut trainer,
+        &mut evaluator,
+        &mut inference,
+    ] {
+        jobs.push(service.http_address().await);
+    }
+    let names = [
+        "chexvision-ingest",
+        "chexvision-preprocess",
+        "chexvision-trainer",
+        "chexvision-evaluator",
+        "chexvision-inference",
+    ];
+    prometheus.scrape_jobs(
+        &names
+            .iter()
+            .copied()
+            .zip(jobs.iter().copied())
+            .collect::<Vec<_>>(),
+    );
+
+    // Ingest → prepare → train → evaluate → promote → serve.
+    cli(
+        &env,
+        &["events", "send"],
+        Some(
+            r#"{"ingestRequested": {"requestId": "obs-ingest", "datasetId": "obs", "sourceFormat": "SOURCE_FORMAT_SYNTHETIC", "syntheticRows": 400, "syntheticSizePx": 64, "syntheticSeed": 7, "shardTargetRows": 100}}"#,
+        ),
+    );
+    let deadline = Deadline::new("the dataset to be ready");
+    while !datasets
+        .events()
+        .iter()
+        .any(|(_, e)| matches!(e.body, Some(Body::DatasetReady(_))))
+    {
+        deadline
+            .tick_every(&mut preprocess, Duration::from_millis(250))
+            .await;
+        ingest.assert_running();
+    }
+    cli(
+        &env,
+        &["events", "send"],
+        Some(
+            r#"{"trainingRequested": {"requestId": "obs-train", "datasetId": "obs", "config": "e2e", "reason": "observability e2e", "requestedBy": "tests"}}"#,
+        ),
+    );
+    let deadline = Deadline::new("a promotion");
+    let version = loop {
+        let promoted = promotions
+            .events()
+            .into_iter()
+            .find_map(|(_, e)| match e.body {
+                Some(Body::ModelPromoted(p)) => Some(p.model_version),
+                _ => None,
+            });
+        if let Some(version) = promoted {
+            break version;
+        }
+        trainer.assert_running();
+        deadline
+            .tick_every(&mut evaluator, Duration::from_millis(500))
+            .await;
+    };
+    let deadline = Deadline::new("the inference service to serve the promoted model");
+    loop {
+        let (status, body) = http(api, "GET", "/readyz", &[], b"");
+        if status == 200 && String::from_utf8_lossy(&body).contains(&version) {
+            break;
+        }
+        deadline
+            .tick_every(&mut inference, Duration::from_millis(250))
+            .await;
+    }
+
+    // The hospital sends its images; one with a deadline too short (504).
+    let mut probabilities: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (i, (name, _)) in cases.iter().enumerate() {
+        let image = std::fs::read(source.path().join("images").join(name)).unwrap();
+        let request_id = format!("obs-{i}");
+        let path = if i < WITH_STUDY {
+            format!("/v1/predict?study_ref=OBS-{i}")
+        } else {
+            "/v1/predict".to_string()
+        };
+        let (status, body) = http(
+            api,
+            "POST",
+            &path,
+            &[("Content-Type", "image/png"), ("X-Request-Id", &request_id)],
+            &image,
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer["model"]["version"], version.as_str());
+        let mut p: Vec<f64> = answer["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["probability"].as_f64().unwrap())
+            .collect();
+        p.push(answer["abnormal"]["probability"].as_f64().unwrap());
+        probabilities.insert(request_id, p);
+    }
+    let image = std::fs::read(source.path().join("images").join(&cases[0].0)).unwrap();
+    let (status, _) = http(
+        api,
+        "POST",
+        "/v1/predict",
+        &[
+            ("Content-Type", "image/png"),
+            ("X-Request-Deadline-Ms", "1"),
+        ],
+        &image,
+    );
+    assert!(status == 504 || status == 200, "a 1 ms deadline: {status}");
+
+    // Their radiologists' readings: by study, by request id, one twice,
+    // one for a request nobody made.
+    let reading = |truth: &[bool]| -> serde_json::Value {
+        chexvision_dataset::LABELS
+            .iter()
+            .zip(truth)
+            .map(|(l, t)| ((*l).to_owned(), serde_json::Value::Bool(*t)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let send = |body: serde_json::Value| {
+        let (status, answer) = http(
+            api,
+            "POST",
+            "/v1/feedback",
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        );
+        assert_eq!(status, 202, "{}", String::from_utf8_lossy(&answer));
+    };
+    for (i, (_, truth)) in cases.iter().enumerate() {
+        if i < WITH_STUDY {
+            send(serde_json::json!({"study_ref": format!("OBS-{i}"), "findings": reading(truth)}));
+        } else {
+            send(serde_json::json!({"request_id": format!("obs-{i}"), "findings": reading(truth)}));
+        }
+    }
+    send(serde_json::json!({"request_id": "obs-0-never", "findings": reading(&cases[0].1)}));
+    send(serde_json::json!({"study_ref": "OBS-1", "findings": reading(&cases[1].1)}));
+
+    // Prometheus reads the production AUC of what was sent.
+    let samples = format!(
+        "chexvision_production_samples{{model_version=\"{version}\",window=\"last_1000\"}}"
+    );
+    let deadline = Deadline::new("the production AUC of every confirmed prediction in Prometheus");
+    while prometheus.query(&samples) != Some(PREDICTIONS as f64) {
+        deadline
+            .tick_every(&mut evaluator, Duration::from_millis(500))
+            .await;
+    }
+    let labels: Vec<Vec<bool>> = cases
+        .iter()
+        .map(|(_, t)| {
+            let mut l = t.clone();
+            l.push(t.iter().any(|x| *x));
+            l
+        })
+        .collect();
+    let p: Vec<Vec<f64>> = (0..PREDICTIONS)
+        .map(|i| probabilities[&format!("obs-{i}")].clone())
+        .collect();
+    let (macro_auc, binary_auc) = sklearn(&p, &labels);
+    let read = |name: &str| {
+        prometheus
+            .query(&format!(
+                "{name}{{model_version=\"{version}\",window=\"last_1000\"}}"
+            ))
+            .unwrap_or_else(|| panic!("{name} not in Prometheus"))
+    };
+    // The answers carry the probabilities as f64 from the same f32.
+    assert!(
+        (read("chexvision_production_macro_auc") - macro_auc).abs() < 1e-9,
+        "macro: {} vs {macro_auc}",
+        read("chexvision_production_macro_auc")
+    );
+    assert!(
+        (read("chexvision_production_binary_auc") - binary_auc).abs() < 1e-9,
+        "abnormal: {} vs {binary_auc}",
+        read("chexvision_production_binary_auc")
+    );
+    assert!(
+        read("chexvision_production_macro_auc_lower") <= macro_auc
+            && macro_auc <= read("chexvision_production_macro_auc_upper")
+    );
+
+    // The reading for a request nobody made: retried, then dead-lettered.
+    let deadline = Deadline::new("the unmatched feedback's dead letter");
+    loop {
+        let letter = dead_letters
+            .events()
+            .into_iter()
+            .find_map(|(_, e)| match e.body {
+                Some(Body::DeadLetter(d)) if d.source_topic == topic("FEEDBACK") => Some(d.error),
+                _ => None,
+            });
+        if let Some(error) = letter {
+            assert!(error.contains("obs-0-never"), "{error}");
+            break;
+        }
+        deadline
+            .tick_every(&mut evaluator, Duration::from_millis(500))
+            .await;
+    }
+
+    // Let every service be scraped after the flow, then run every query.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let queries = extracted_queries();
+    assert!(
+        queries.len() > 50,
+        "only {} queries extracted",
+        queries.len()
+    );
+    let mut empty = Vec::new();
+    for (source, expr) in &queries {
+        let answer = prometheus.query_json(expr);
+        if answer["status"] != "success" {
+            empty.push(format!("{source}: {expr}\n    error: {}", answer["error"]));
+            continue;
+        }
+        let result = &answer["data"]["result"];
+        let has_data = match answer["data"]["resultType"].as_str() {
+            Some("vector") | Some("matrix") => result.as_array().is_some_and(|r| !r.is_empty()),
+            Some("scalar") | Some("string") => true,
+            _ => false,
+        };
+        if !has_data {
+            empty.push(format!("{source}: {expr}"));
+        }
+    }
+    for service in [
+        &mut ingest,
+        &mut preprocess,
+        &mut trainer,
+        &mut evaluator,
+        &mut inference,
+    ] {
+        service.assert_running();
+    }
+    eprintln!(
+        "{} queries run against Prometheus; production macro AUC {macro_auc:.4}, abnormal {binary_auc:.4} (scikit-learn, {PREDICTIONS} pairs)",
+        queries.len()
+    );
+    assert!(
+        empty.is_empty(),
+        "{} of {} queries returned no data:\n{}",
+        empty.len(),
+        queries.len(),
+        empty.join("\n")
+    );
+}
