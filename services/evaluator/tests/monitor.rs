@@ -366,9 +366,9 @@ async fn production_auc_matches_scikit_learn_and_survives_a_restart() {
     for event in &first_events[150..160] {
         monitor.record_feedback(event, 3).await.unwrap();
     }
-    for i in 300..305 {
-        cases[i].truth[0] = !cases[i].truth[0];
-        let event = feedback(&cases[i], &cases[i].truth, now_ms() - 500);
+    for case in &mut cases[300..305] {
+        case.truth[0] = !case.truth[0];
+        let event = feedback(case, &case.truth, now_ms() - 500);
         monitor.record_feedback(&event, 3).await.unwrap();
     }
     // Feedback for a request no prediction has: retried, then refused.

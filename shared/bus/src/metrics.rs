@@ -10,6 +10,9 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, 
 
 use crate::PartitionLag;
 
+/// (topic, partition) as label values.
+type TopicPartition = (String, String);
+
 /// Counters and timings of record handling, labelled by topic.
 #[derive(Clone, Debug)]
 pub struct BusMetrics {
@@ -20,7 +23,7 @@ pub struct BusMetrics {
     consumer_lag: IntGaugeVec,
     /// Partitions last reported per group, so a partition that moved to
     /// another member stops being reported here.
-    lag_reported: Arc<Mutex<HashMap<String, Vec<(String, String)>>>>,
+    lag_reported: Arc<Mutex<HashMap<String, Vec<TopicPartition>>>>,
 }
 
 impl BusMetrics {
@@ -83,7 +86,7 @@ impl BusMetrics {
     /// Sets the lag of the partitions a group's member holds now; those it
     /// held before and not now are removed.
     pub fn set_lag(&self, group: &str, lags: &[PartitionLag]) {
-        let now: Vec<(String, String)> = lags
+        let now: Vec<TopicPartition> = lags
             .iter()
             .map(|l| (l.topic.clone(), l.partition.to_string()))
             .collect();

@@ -146,11 +146,8 @@ impl JoinState {
     /// The predictions a feedback names (none: unmatched).
     pub fn targets(&self, target: &Target) -> Vec<String> {
         match target {
-            Target::Request(id) => self
-                .predictions
-                .contains_key(id)
-                .then(|| vec![id.clone()])
-                .unwrap_or_default(),
+            Target::Request(id) if self.predictions.contains_key(id) => vec![id.clone()],
+            Target::Request(_) => Vec::new(),
             Target::Study(study) => self.by_study.get(study).cloned().unwrap_or_default(),
         }
     }

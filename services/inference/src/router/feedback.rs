@@ -58,12 +58,11 @@ pub fn feedback_event(
     now_unix: i64,
 ) -> Result<FeedbackReceived, ApiError> {
     let request_id = request.request_id.unwrap_or_default();
-    if !request_id.is_empty()
-        && !(request_id.len() <= 80
-            && request_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
-    {
+    let plain = request_id.len() <= 80
+        && request_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !plain {
         return Err(ApiError::bad_request(
             "request_id must be the X-Request-Id of an answer (at most 80 characters of letters, digits, - _ .)",
         ));
