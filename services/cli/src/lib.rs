@@ -133,6 +133,8 @@ pub enum EventsCommand {
 pub enum ExampleKind {
     IngestRequested,
     TrainingRequested,
+    /// A radiologist's confirmed findings for an earlier prediction.
+    FeedbackReceived,
 }
 
 #[derive(Debug, Subcommand)]
@@ -310,6 +312,11 @@ pub fn default_key(event: &Envelope) -> String {
     match &event.body {
         Some(Body::IngestRequested(r)) if !r.request_id.is_empty() => r.request_id.clone(),
         Some(Body::TrainingRequested(r)) if !r.request_id.is_empty() => r.request_id.clone(),
+        // Readings of one prediction stay in order on one partition.
+        Some(Body::FeedbackReceived(f)) if !f.request_id.is_empty() => f.request_id.clone(),
+        Some(Body::FeedbackReceived(f)) if !f.study_ref_sha256.is_empty() => {
+            f.study_ref_sha256.clone()
+        }
         _ => event.event_id().to_owned(),
     }
 }
@@ -435,6 +442,16 @@ pub fn example(kind: ExampleKind) -> String {
                 "requestedBy": "data-team@hospital.example"
             }
         }),
+        ExampleKind::FeedbackReceived => serde_json::json!({
+            "feedbackReceived": {
+                "requestId": "req-2026-11-30-0001",
+                // The 14 findings in label order (Atelectasis … Hernia).
+                "findings": [false, true, false, false, false, false, false,
+                             false, false, false, false, false, false, false],
+                "confirmedAt": "2026-11-30T09:30:00Z",
+                "source": "ris-site-b"
+            }
+        }),
         ExampleKind::IngestRequested => serde_json::json!({
             "ingestRequested": {
                 "requestId": "ingest-nih-2026-11-30",
@@ -461,6 +478,7 @@ mod tests {
                 "chexvision.training.requests",
             ),
             (ExampleKind::IngestRequested, "chexvision.ingest.requests"),
+            (ExampleKind::FeedbackReceived, "chexvision.feedback"),
         ] {
             let events = parse_events(&example(kind)).unwrap();
             assert_eq!(events.len(), 1);
