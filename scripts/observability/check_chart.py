@@ -12,14 +12,19 @@ render here are Helm's. Checks:
 - rendered with the defaults: one ConfigMap per dashboards/*.json, with the
   sidecar label and folder annotation, holding the file byte for byte; one
   PrometheusRule whose spec.groups equal rules/chexvision-alerts.yml;
-- the switches work: both kinds off render nothing; another sidecar label,
+- the switches work: both kinds off render no dashboard ConfigMap and no
+  PrometheusRule (the services the chart also deploys are checked by
+  scripts/deploy_check.sh); another sidecar label,
   extra labels, no folder; runbookBaseUrl makes every runbook_url absolute.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import helm_python as helm
@@ -32,15 +37,44 @@ def render(chart_dir: Path, values: dict | None = None) -> list[dict]:
     with helm.Chart.load(str(chart_dir)) as chart:
         out = chart.render(values or {}, name="chexvision", namespace="monitoring")
     docs = []
-    for text in out.values():
+    for path, text in out.items():
+        if path.endswith("NOTES.txt"):
+            continue
         docs += [d for d in yaml.safe_load_all(text) if d]
     return docs
+
+
+def observability(docs: list[dict]) -> list[dict]:
+    """What this check is about: the dashboard ConfigMaps and the PrometheusRule
+    (the chart also deploys the services: scripts/deploy_check.sh checks those)."""
+    return [d for d in docs if d["kind"] == "PrometheusRule"
+            or (d["kind"] == "ConfigMap" and "-dashboard-" in d["metadata"]["name"])]
+
+
+@contextlib.contextmanager
+def quiet_symlink_notes():
+    """Helm's loader logs an INFO line on stderr (from Go, past sys.stderr)
+    for the chart's configs/ link on every load; drop those, keep the rest."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode("utf-8", "replace").splitlines():
+                if "found symbolic link in path" not in line:
+                    print(line, file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:
     chart_dir = Path(argv[1]) if len(argv) > 1 else ROOT / "helm" / "chexvision"
     try:
-        problems = check(chart_dir)
+        with quiet_symlink_notes():
+            problems = check(chart_dir)
     except (helm.HelmError, yaml.YAMLError, KeyError, TypeError) as e:
         problems = [f"{type(e).__name__}: {e}"]
     if problems:
@@ -64,7 +98,7 @@ def check(chart_dir: Path) -> list[str]:
     dashboards = {p.name: p.read_text(encoding="utf-8") for p in sorted((chart_dir / "dashboards").glob("*.json"))}
     rules = yaml.safe_load((chart_dir / "rules" / "chexvision-alerts.yml").read_text(encoding="utf-8"))
 
-    docs = render(chart_dir)
+    docs = observability(render(chart_dir))
     maps = [d for d in docs if d["kind"] == "ConfigMap"]
     got = {}
     for m in maps:
@@ -97,16 +131,16 @@ def check(chart_dir: Path) -> list[str]:
         if pr[0]["metadata"].get("labels", {}).get("release") != "kube-prometheus-stack":
             problems.append("PrometheusRule lacks the default release label")
 
-    if render(chart_dir, {"grafana": {"dashboards": {"enabled": False}},
-                          "prometheusRule": {"enabled": False}}):
-        problems.append("with both switches off the chart still renders objects")
+    if observability(render(chart_dir, {"grafana": {"dashboards": {"enabled": False}},
+                                        "prometheusRule": {"enabled": False}})):
+        problems.append("with both switches off the chart still renders dashboards or rules")
 
-    custom = render(chart_dir, {
+    custom = observability(render(chart_dir, {
         "grafana": {"dashboards": {"label": "my_dashboards", "labelValue": "yes", "folder": "",
                                    "extraLabels": {"team": "radiology"}}},
         "prometheusRule": {"extraLabels": {"prometheus": "main"},
                            "runbookBaseUrl": "https://git.example.org/chexvision/-/blob/main/"},
-    })
+    }))
     for d in custom:
         labels = d["metadata"].get("labels", {})
         if d["kind"] == "ConfigMap":
