@@ -7,6 +7,11 @@
 //! 110 predictions (one too slow: a 504) → radiologists' readings back on
 //! `POST /v1/feedback` (a duplicate, one for a request nobody made).
 //!
+//! Then a second model, requested through `chexvision events send` and
+//! promoted under a lenient policy (or refused: both are checked), while a
+//! load generator keeps calling: no failed request, the versions it sees
+//! never go backwards; readings for the new version too.
+//!
 //! Then:
 //! * the production AUC Prometheus reads (macro and abnormal) equals
 //!   scikit-learn's on the pairs the test sent (the answers' probabilities,
@@ -148,6 +153,7 @@ async fn every_dashboard_and_alert_query_returns_data_after_a_short_flow() {
     .unwrap();
     let datasets = TopicReader::start(&bus, &topic("DATASETS")).await;
     let promotions = TopicReader::start(&bus, &topic("MODELS_PROMOTED")).await;
+    let evaluations = TopicReader::start(&bus, &topic("EVALUATIONS")).await;
     let dead_letters = TopicReader::start(&bus, &topic("DEAD_LETTER")).await;
 
     // The images the hospital will send, with their truth.
@@ -196,6 +202,16 @@ async fn every_dashboard_and_alert_query_returns_data_after_a_short_flow() {
         format!(
             "inherits: {}\nservice:\n  image_size: 64\n  recipe:\n    epochs: 2\n    batch_size: 16\n",
             repo_file("configs/tiny.yaml")
+        ),
+    )
+    .unwrap();
+    // The second model trains longer: likely better, so likely promoted
+    // under the lenient policy below (either outcome is checked).
+    std::fs::write(
+        configs.path().join("e2e-longer.yaml"),
+        format!(
+            "inherits: {}\nservice:\n  recipe:\n    epochs: 6\n",
+            configs.path().join("e2e.yaml").display()
         ),
     )
     .unwrap();
@@ -261,6 +277,10 @@ async fn every_dashboard_and_alert_query_returns_data_after_a_short_flow() {
                 format!("obs-monitor-{unique}"),
             ),
             ("CHEXVISION_SERVICE__MONITOR__RECOMPUTE_SECS", "1".into()),
+            // Lenient, so a better second model is swapped in under load.
+            ("CHEXVISION_SERVICE__PROMOTION__MARGIN", "0".into()),
+            ("CHEXVISION_SERVICE__PROMOTION__ALPHA", "0.5".into()),
+            ("CHEXVISION_SERVICE__PROMOTION__MAX_CLASS_DROP", "1".into()),
         ]),
     );
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -491,6 +511,132 @@ async fn every_dashboard_and_alert_query_returns_data_after_a_short_flow() {
         deadline
             .tick_every(&mut evaluator, Duration::from_millis(500))
             .await;
+    }
+
+    // A second model, trained on a request through `chexvision events
+    // send`, while the hospital keeps calling: not one failed request, and
+    // once a client sees the new version it never sees the old one again.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let image = std::fs::read(source.path().join("images").join(&cases[2].0)).unwrap();
+        std::thread::spawn(move || {
+            let (mut versions, mut failures) = (Vec::new(), Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let (status, body) = http(
+                    api,
+                    "POST",
+                    "/v1/predict",
+                    &[("Content-Type", "image/png")],
+                    &image,
+                );
+                if status == 200 {
+                    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    let served = answer["model"]["version"].as_str().unwrap_or("").to_owned();
+                    if versions.last() != Some(&served) {
+                        versions.push(served);
+                    }
+                } else {
+                    failures.push(format!("{status}: {}", String::from_utf8_lossy(&body)));
+                }
+            }
+            (versions, failures)
+        })
+    };
+    let requested = std::time::Instant::now();
+    cli(
+        &env,
+        &["events", "send"],
+        Some(
+            r#"{"trainingRequested": {"requestId": "obs-train-2", "datasetId": "obs", "config": "e2e-longer", "reason": "a second model", "requestedBy": "tests"}}"#,
+        ),
+    );
+    let deadline = Deadline::new("the second model's evaluation");
+    let second = loop {
+        let completed: Vec<chexvision_events::EvaluationCompleted> = evaluations
+            .events()
+            .into_iter()
+            .filter_map(|(_, e)| match e.body {
+                Some(Body::EvaluationCompleted(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if completed.len() >= 2 {
+            break completed[1].clone();
+        }
+        trainer.assert_running();
+        deadline
+            .tick_every(&mut evaluator, Duration::from_millis(500))
+            .await;
+    };
+    let new_version = promotions
+        .events()
+        .into_iter()
+        .rev()
+        .find_map(|(_, e)| match e.body {
+            Some(Body::ModelPromoted(p)) if p.run_id == second.run_id => Some(p.model_version),
+            _ => None,
+        });
+    if let Some(new_version) = &new_version {
+        // Promoted: every replica swaps it in; the load generator sees it.
+        let deadline = Deadline::new("the new version to be served");
+        loop {
+            let (_, body) = http(api, "GET", "/readyz", &[], b"");
+            if String::from_utf8_lossy(&body).contains(new_version.as_str()) {
+                break;
+            }
+            deadline
+                .tick_every(&mut inference, Duration::from_millis(100))
+                .await;
+        }
+        eprintln!(
+            "TrainingRequested → {new_version} served: {:.1} s",
+            requested.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    } else {
+        eprintln!("the second model was refused by the promotion policy");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (versions, failures) = load.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests during the second model: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let expected: Vec<String> = std::iter::once(version.clone())
+        .chain(new_version.clone())
+        .collect();
+    assert_eq!(
+        versions, expected,
+        "served versions in the order the load generator saw them"
+    );
+    if let Some(new_version) = &new_version {
+        // Readings for the new version too: production AUC is per version.
+        const SECOND: usize = 40;
+        for (i, (name, truth)) in cases.iter().enumerate().take(SECOND) {
+            let image = std::fs::read(source.path().join("images").join(name)).unwrap();
+            let request_id = format!("obs2-{i}");
+            let (status, _) = http(
+                api,
+                "POST",
+                "/v1/predict",
+                &[("Content-Type", "image/png"), ("X-Request-Id", &request_id)],
+                &image,
+            );
+            assert_eq!(status, 200);
+            send(serde_json::json!({"request_id": request_id, "findings": reading(truth)}));
+        }
+        let samples = format!(
+            "chexvision_production_samples{{model_version=\"{new_version}\",window=\"last_1000\"}}"
+        );
+        let deadline = Deadline::new("the new version's production AUC in Prometheus");
+        while prometheus.query(&samples) != Some(SECOND as f64) {
+            deadline
+                .tick_every(&mut evaluator, Duration::from_millis(500))
+                .await;
+        }
     }
 
     // Let every service be scraped after the flow, then run every query.
