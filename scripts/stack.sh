@@ -11,6 +11,7 @@
 #   env              print `export` lines for clients: eval "$(scripts/stack.sh env)"
 #   status           report each server; exit 0 only if both are up and answering
 #   restart kafka|s3 stop and start one server, wait until it answers
+#   stop kafka|s3    stop one server (an outage); `start kafka|s3` brings it back
 #
 # Only `env` and `up` write to stdout (the export lines); everything else is stderr.
 #
@@ -495,6 +496,15 @@ main() {
       load_state
       stop_one "$name"
       start_one "$name"
+      ;;
+    stop | start)
+      # One server down (an outage in a fault test), then up again.
+      local name="${1:-}"
+      [[ "$name" == kafka || "$name" == s3 ]] || die "usage: $0 $cmd kafka|s3"
+      install_tools
+      take_lock
+      load_state
+      "${cmd}_one" "$name"
       ;;
     -h | --help | help) usage ;;
     "") usage ;;

@@ -28,7 +28,7 @@ use chexvision_events::{
 };
 use chexvision_models::candle_core::Device;
 use chexvision_registry::Registry;
-use chexvision_service::{Service, Task};
+use chexvision_service::{store_failure, Service, Task};
 use chexvision_store::{claim, get_json, put_json, release, renew, ClaimOutcome, ObjectStore};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -141,7 +141,7 @@ impl EvaluatorHandler {
                     self.store.uri("")
                 )))
             }
-            Err(e) => return Err(HandlerError::Failed(format!("reading the run: {e}"))),
+            Err(e) => return Err(store_failure("reading the run", &e)),
         }
         let announced = event
             .checkpoint
@@ -149,41 +149,40 @@ impl EvaluatorHandler {
             .ok_or_else(|| malformed("the event names no checkpoint"))?;
         // Which checkpoint: the announced one, or (at the end of a run) the
         // run's best, with the sha256 its history recorded.
-        let (key, sha256, size, epoch) = if self.settings.evaluate
-            == CheckpointSelection::BestWhenFinal
-        {
-            let history: Vec<chexvision_trainer::EpochRecord> =
-                get_json(self.store.as_ref(), &format!("runs/{run_id}/history.json"))
-                    .await
-                    .map_err(|e| HandlerError::Failed(format!("reading the run's history: {e}")))?
-                    .unwrap_or_default();
-            let best = history
-                .iter()
-                .rev()
-                .find(|r| r.best)
-                .ok_or_else(|| malformed(format!("run {run_id} has no best checkpoint")))?;
-            (
-                format!(
-                    "runs/{run_id}/checkpoints/epoch-{:03}.safetensors",
-                    best.epoch
-                ),
-                best.checkpoint_sha256.clone(),
-                best.checkpoint_bytes,
-                best.epoch,
-            )
-        } else {
-            let key = match CheckpointChoice::parse(&announced.uri, &self.store.uri("")) {
-                Ok(CheckpointChoice::Key(key)) => key,
-                Ok(_) => return Err(malformed("the checkpoint URI names no object")),
-                Err(e) => return Err(malformed(e)),
+        let (key, sha256, size, epoch) =
+            if self.settings.evaluate == CheckpointSelection::BestWhenFinal {
+                let history: Vec<chexvision_trainer::EpochRecord> =
+                    get_json(self.store.as_ref(), &format!("runs/{run_id}/history.json"))
+                        .await
+                        .map_err(|e| store_failure("reading the run's history", &e))?
+                        .unwrap_or_default();
+                let best = history
+                    .iter()
+                    .rev()
+                    .find(|r| r.best)
+                    .ok_or_else(|| malformed(format!("run {run_id} has no best checkpoint")))?;
+                (
+                    format!(
+                        "runs/{run_id}/checkpoints/epoch-{:03}.safetensors",
+                        best.epoch
+                    ),
+                    best.checkpoint_sha256.clone(),
+                    best.checkpoint_bytes,
+                    best.epoch,
+                )
+            } else {
+                let key = match CheckpointChoice::parse(&announced.uri, &self.store.uri("")) {
+                    Ok(CheckpointChoice::Key(key)) => key,
+                    Ok(_) => return Err(malformed("the checkpoint URI names no object")),
+                    Err(e) => return Err(malformed(e)),
+                };
+                (
+                    key,
+                    announced.sha256.clone(),
+                    announced.size_bytes,
+                    event.epoch,
+                )
             };
-            (
-                key,
-                announced.sha256.clone(),
-                announced.size_bytes,
-                event.epoch,
-            )
-        };
         chexvision_store::validate_key(&key).map_err(malformed)?;
         if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(malformed(format!(
@@ -200,7 +199,7 @@ impl EvaluatorHandler {
             Err(e) if e.is_not_found() => {
                 return Err(malformed(format!("checkpoint {key} does not exist")))
             }
-            Err(e) => return Err(HandlerError::Failed(format!("reading {key}: {e}"))),
+            Err(e) => return Err(store_failure(&format!("reading {key}"), &e)),
         };
         let actual = tokio::task::spawn_blocking(move || chexvision_store::sha256_hex(&bytes))
             .await
@@ -229,7 +228,7 @@ impl EvaluatorHandler {
         match self.store.put_if_absent(&job_key, Bytes::from(bytes)).await {
             Ok(_) => {}
             Err(e) if e.is_exists() => return Ok(Accepted::Duplicate(job_key)),
-            Err(e) => return Err(HandlerError::Failed(format!("recording the job: {e}"))),
+            Err(e) => return Err(store_failure("recording the job", &e)),
         }
         tracing::info!(%run_id, job = %job_key, "evaluation accepted");
         let _ = self.jobs.send(job_key.clone());

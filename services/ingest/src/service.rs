@@ -116,6 +116,11 @@ impl Handler for IngestHandler {
                 | IngestError::InvalidDatasetId(_)
                 | IngestError::TooManyRejected { .. }),
             ) => Err(HandlerError::Malformed(e.to_string())),
+            // The store down: the request waits for it (an ingest resumes
+            // where it stopped) rather than being given up.
+            Err(IngestError::Store(e)) if e.is_unavailable() => {
+                Err(HandlerError::Unavailable(e.to_string()))
+            }
             Err(e) => Err(HandlerError::Failed(e.to_string())),
         }
     }

@@ -64,6 +64,8 @@ fn handler_error(error: PreprocessError) -> HandlerError {
         // A raw shard the event names but the store does not hold will not
         // appear by retrying either.
         PreprocessError::Store(e) if e.is_not_found() => HandlerError::Malformed(e.to_string()),
+        // The store down: wait for it rather than give the shard up.
+        PreprocessError::Store(e) if e.is_unavailable() => HandlerError::Unavailable(e.to_string()),
         e => HandlerError::Failed(e.to_string()),
     }
 }

@@ -21,10 +21,16 @@ pub enum HandlerError {
     /// it goes to the dead-letter topic at once.
     #[error("malformed record: {0}")]
     Malformed(String),
-    /// Something else failed (store unreachable, ...): retried with backoff,
-    /// then dead-lettered.
+    /// Something else failed: retried with backoff, then dead-lettered.
     #[error("{0}")]
     Failed(String),
+    /// A dependency is down (the object store unreachable after its own
+    /// retries): the record is fine and its work must not be lost, so it is
+    /// retried with backoff for as long as that lasts and never
+    /// dead-lettered. Its partition waits, paused and polled, so the member
+    /// keeps its place in the group; shutdown interrupts the wait.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 #[async_trait]
@@ -292,8 +298,11 @@ impl Consumer {
                 }
                 Err(error) => error,
             };
-            let exhausted =
-                matches!(error, HandlerError::Malformed(_)) || attempt >= self.options.max_attempts;
+            let exhausted = match error {
+                HandlerError::Malformed(_) => true,
+                HandlerError::Failed(_) => attempt >= self.options.max_attempts,
+                HandlerError::Unavailable(_) => false,
+            };
             if exhausted {
                 tracing::error!(%delivery, attempt, error = %error, "giving up on record: sending it to the dead-letter topic");
                 return match self.dead_letter(delivery, &error, attempt, shutdown).await {

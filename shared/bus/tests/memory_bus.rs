@@ -57,3 +57,8 @@ async fn slow_handler_completes_once() {
 async fn lag_is_reported_and_falls_to_zero() {
     suite::lag_is_reported_and_falls_to_zero(bus(), Duration::from_secs(30)).await;
 }
+
+#[tokio::test]
+async fn an_outage_longer_than_the_attempts_loses_nothing() {
+    suite::an_outage_longer_than_the_attempts_loses_nothing(bus()).await;
+}

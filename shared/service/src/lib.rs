@@ -270,3 +270,19 @@ pub async fn watch_bus(
         }
     }
 }
+
+/// A store error as a consumer handler's error: a store that does not
+/// answer is [`HandlerError::Unavailable`] (the record waits until it
+/// does, never dead-lettered: its work must not be lost to an outage);
+/// anything else [`HandlerError::Failed`] (retried, then dead-lettered).
+pub fn store_failure(
+    context: &str,
+    error: &chexvision_store::StoreError,
+) -> chexvision_bus::HandlerError {
+    let message = format!("{context}: {error}");
+    if error.is_unavailable() {
+        chexvision_bus::HandlerError::Unavailable(message)
+    } else {
+        chexvision_bus::HandlerError::Failed(message)
+    }
+}

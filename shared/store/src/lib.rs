@@ -75,6 +75,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The store did not answer, after its own retries: may pass by
+    /// itself (a handler waits rather than gives the work up).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+
     pub fn is_not_found(&self) -> bool {
         matches!(self, StoreError::NotFound { .. })
     }

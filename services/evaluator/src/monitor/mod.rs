@@ -245,7 +245,7 @@ impl Monitor {
         self.store
             .put(&key, Bytes::from(envelope.to_bytes()))
             .await
-            .map_err(|e| HandlerError::Failed(format!("writing {key}: {e}")))?;
+            .map_err(|e| chexvision_service::store_failure(&format!("writing {key}"), &e))?;
         let mut inner = self.lock();
         let outcome = inner.state.add_prediction(row);
         inner.logged.push(key);
@@ -303,7 +303,7 @@ impl Monitor {
         self.store
             .put(&key, Bytes::from(envelope.to_bytes()))
             .await
-            .map_err(|e| HandlerError::Failed(format!("writing {key}: {e}")))?;
+            .map_err(|e| chexvision_service::store_failure(&format!("writing {key}"), &e))?;
         let mut inner = self.lock();
         let outcome = inner.state.add_feedback(&target, confirmation);
         inner.logged.push(key);

@@ -726,3 +726,73 @@ pub async fn lag_is_reported_and_falls_to_zero(bus: Arc<dyn Bus>, timeout: Durat
         "a member that left reports no partitions"
     );
 }
+
+/// Fails with `Unavailable` this many times, then handles.
+pub struct Outage {
+    pub failures_left: Mutex<u32>,
+    pub handled: Mutex<u32>,
+}
+
+#[async_trait]
+impl Handler for Outage {
+    async fn handle(&self, _delivery: &Delivery) -> Result<(), HandlerError> {
+        let mut left = self.failures_left.lock().unwrap();
+        if *left > 0 {
+            *left -= 1;
+            return Err(HandlerError::Unavailable(
+                "the store does not answer".into(),
+            ));
+        }
+        *self.handled.lock().unwrap() += 1;
+        Ok(())
+    }
+}
+
+/// A dependency down for longer than the record's attempts: the record
+/// waits for it and is handled, not dead-lettered.
+pub async fn an_outage_longer_than_the_attempts_loses_nothing(bus: Arc<dyn Bus>) {
+    let topic = unique("outage");
+    let dlq = unique("outage-dlq");
+    bus.create_topics(&[TopicSpec::new(&topic, 1), TopicSpec::new(&dlq, 1)])
+        .await
+        .unwrap();
+    publish_requests(&*bus, &topic, ["r0".to_string()]).await;
+    let registry = prometheus::Registry::new();
+    let metrics = BusMetrics::register(&registry).unwrap();
+    let mut options = ConsumerOptions::new(
+        &unique("outage-group"),
+        &[&topic],
+        &Default::default(),
+        &Default::default(),
+    );
+    options.dead_letter_topic = dlq.clone();
+    options.max_attempts = 2;
+    options.backoff_initial = Duration::from_millis(1);
+    options.backoff_max = Duration::from_millis(5);
+    let consumer = Consumer::new(bus.clone(), options).with_metrics(metrics.clone());
+    let outage = Arc::new(Outage {
+        failures_left: Mutex::new(10),
+        handled: Mutex::new(0),
+    });
+    let shutdown = CancellationToken::new();
+    let task = {
+        let (outage, shutdown) = (outage.clone(), shutdown.clone());
+        tokio::spawn(async move { consumer.run(&*outage, shutdown).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while *outage.handled.lock().unwrap() == 0 {
+        assert!(Instant::now() < deadline, "never handled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metrics.consumed(&topic, "retried"), 10);
+    assert_eq!(metrics.consumed(&topic, "dead_lettered"), 0);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let mut letters = bus.subscribe(&unique("check"), &[dlq]).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), letters.next())
+            .await
+            .is_err(),
+        "nothing was dead-lettered"
+    );
+}
