@@ -299,6 +299,9 @@ pub enum JobOutcome {
     Interrupted,
     HeldElsewhere,
     Failed(String),
+    /// The store did not answer: the job stays pending and a later scan
+    /// takes it up again (an outage never costs an evaluation).
+    Postponed(String),
     /// Done already, or no such job.
     Nothing,
 }
@@ -345,6 +348,7 @@ impl EvaluatorWorker {
         let job = match get_json::<EvaluationJob>(self.store.as_ref(), key).await {
             Ok(Some(job)) if job.status == JobStatus::Pending => job,
             Ok(_) => return JobOutcome::Nothing,
+            Err(e) if e.is_unavailable() => return JobOutcome::Postponed(e.to_string()),
             Err(e) => return JobOutcome::Failed(e.to_string()),
         };
         let owner = self.settings.instance();
@@ -354,6 +358,7 @@ impl EvaluatorWorker {
         match claim(self.store.as_ref(), &lease, &owner, ttl, settle).await {
             Ok(ClaimOutcome::Owned) => {}
             Ok(ClaimOutcome::HeldBy(_)) => return JobOutcome::HeldElsewhere,
+            Err(e) if e.is_unavailable() => return JobOutcome::Postponed(e.to_string()),
             Err(e) => return JobOutcome::Failed(e.to_string()),
         }
         let mut attempt = 0;
@@ -382,6 +387,11 @@ impl EvaluatorWorker {
                         _ = tokio::time::sleep(Duration::from_secs(2 << attempt.min(6))) => continue,
                     }
                 }
+                Err(e) if e.may_pass() && self.store_unreachable(&job).await => {
+                    // Attempts spent during an outage: not the job's fault.
+                    tracing::warn!(job = %key, error = %e, "the store does not answer: the evaluation stays pending; a later scan takes it up again");
+                    break JobOutcome::Postponed(e.to_string());
+                }
                 Err(e) => {
                     tracing::error!(job = %key, error = %e, "evaluation failed");
                     if let Some(m) = &self.metrics {
@@ -401,6 +411,12 @@ impl EvaluatorWorker {
             tracing::warn!(job = %key, error = %e, "could not release the evaluation's lease");
         }
         outcome
+    }
+
+    /// Whether the store fails to answer for what this job reads first (its
+    /// checkpoint), as opposed to answering with an error.
+    async fn store_unreachable(&self, job: &EvaluationJob) -> bool {
+        matches!(self.store.head(&job.checkpoint_key).await, Err(e) if e.is_unavailable())
     }
 
     async fn attempt(

@@ -341,3 +341,146 @@ async fn an_interrupted_evaluation_is_finished_by_the_next_worker() {
     let history = Registry::new(store.clone(), "x").history(10).await.unwrap();
     assert_eq!(history.len(), 1, "evaluated and decided once");
 }
+
+/// A store whose objects under `runs/` stop answering while `down` is set
+/// (what the evaluation reads: the run and its checkpoint); the rest works.
+#[derive(Debug)]
+struct RunsOutage {
+    inner: Arc<dyn ObjectStore>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl RunsOutage {
+    fn check(&self, operation: &'static str, key: &str) -> chexvision_store::Result<()> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) && key.starts_with("runs/") {
+            return Err(chexvision_store::StoreError::Unavailable {
+                store: "test".into(),
+                operation,
+                key: key.into(),
+                attempts: 3,
+                detail: "connection refused".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for RunsOutage {
+    fn uri(&self, key: &str) -> String {
+        self.inner.uri(key)
+    }
+    async fn put(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+    ) -> chexvision_store::Result<chexvision_store::PutReceipt> {
+        self.check("put", key)?;
+        self.inner.put(key, data).await
+    }
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+    ) -> chexvision_store::Result<chexvision_store::PutReceipt> {
+        self.check("put", key)?;
+        self.inner.put_if_absent(key, data).await
+    }
+    async fn get(&self, key: &str) -> chexvision_store::Result<bytes::Bytes> {
+        self.check("get", key)?;
+        self.inner.get(key).await
+    }
+    async fn head(&self, key: &str) -> chexvision_store::Result<chexvision_store::ObjectMeta> {
+        self.check("head", key)?;
+        self.inner.head(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> chexvision_store::Result<Vec<chexvision_store::ObjectMeta>> {
+        self.check("list", prefix)?;
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> chexvision_store::Result<()> {
+        self.check("delete", key)?;
+        self.inner.delete(key).await
+    }
+    async fn upload(
+        &self,
+        key: &str,
+    ) -> chexvision_store::Result<Box<dyn chexvision_store::Upload>> {
+        self.check("upload", key)?;
+        self.inner.upload(key).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_postpones_an_evaluation_instead_of_failing_it() {
+    let (_dir, healthy) = setup().await;
+    let outage = Arc::new(RunsOutage {
+        inner: healthy.clone(),
+        down: Default::default(),
+    });
+    let store: Arc<dyn ObjectStore> = outage.clone();
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+    let topics = Topics::default();
+    bus.create_topics(&[
+        TopicSpec::new(&topics.evaluations, 1),
+        TopicSpec::new(&topics.models_promoted, 1),
+    ])
+    .await
+    .unwrap();
+    let settings = EvaluatorServiceSettings {
+        max_attempts: 1,
+        ..service_settings()
+    };
+    let handler = EvaluatorHandler {
+        store: store.clone(),
+        topics: topics.clone(),
+        settings: settings.clone(),
+        jobs: mpsc::unbounded_channel().0,
+        metrics: None,
+    };
+    let last = last_epoch(store.as_ref()).await;
+    let (body, envelope) = event(store.as_ref(), "a", &last, &last.checkpoint_sha256);
+    // While the run's objects do not answer, the event waits (Unavailable:
+    // retried by the consumer, never dead-lettered).
+    outage.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(
+        handler.accept(&body, &envelope).await,
+        Err(HandlerError::Unavailable(_))
+    ));
+    outage
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let Accepted::Queued(key) = handler.accept(&body, &envelope).await.unwrap() else {
+        panic!("not queued")
+    };
+    let worker = Arc::new(EvaluatorWorker {
+        store: store.clone(),
+        bus: bus.clone(),
+        topics: topics.clone(),
+        settings: settings.clone(),
+        device: Device::Cpu,
+        metrics: None,
+        registry: Registry::new(store.clone(), "evaluator"),
+    });
+    // The evaluation's reads fail for its one attempt: postponed, still
+    // pending (a failed job would never be evaluated).
+    outage.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let outcome = worker
+        .clone()
+        .run_job(&key, &CancellationToken::new())
+        .await;
+    assert!(matches!(outcome, JobOutcome::Postponed(_)), "{outcome:?}");
+    let job: EvaluationJob = get_json(healthy.as_ref(), &key).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Pending);
+    // The store answers again: the next try evaluates it.
+    outage
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        worker.run_job(&key, &CancellationToken::new()).await,
+        JobOutcome::Done
+    );
+}
