@@ -19,15 +19,15 @@
 //!
 //! Skipped without the stack unless CHEXVISION_REQUIRE_STACK=1 (make test, CI).
 
-use std::{path::Path, process::Command, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 mod common;
 use chexvision_bus::{Bus, OutboundRecord, TopicSpec};
 use chexvision_events::Body;
 use chexvision_store::{ObjectStore, S3Store};
 use common::{
-    cli, counter, metric, metrics_text, prometheus_binary, repo_file, service_binary, stack,
-    topic_env, topic_of, Deadline, Prometheus, Service, TopicReader,
+    cli, counter, metric, metrics_text, repo_file, service_binary, stack, topic_env, topic_of,
+    Deadline, Prometheus, Service, TopicReader,
 };
 
 fn checkpoint_event(run_id: &str) -> String {
@@ -48,26 +48,8 @@ fn sklearn_aucs(
     let script = "import json,sys\nfrom sklearn.metrics import roc_auc_score\n\
                   cols=json.load(sys.stdin)\n\
                   print(json.dumps([roc_auc_score(y,p) if 0<sum(y)<len(y) else None for y,p in cols]))";
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .ok()?;
-    use std::io::Write;
-    child.stdin.take()?.write_all(input.as_bytes()).ok()?;
-    let output = child.wait_with_output().ok()?;
-    if !output.status.success() {
-        let err = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            std::env::var("CHEXVISION_REQUIRE_STACK").as_deref() != Ok("1"),
-            "scikit-learn is needed (make deps installs it): {err}"
-        );
-        eprintln!("skipping the scikit-learn check: {err}");
-        return None;
-    }
-    Some(serde_json::from_slice(&output.stdout).unwrap())
+    let value = common::python_json(script, &input, "scikit-learn")?;
+    Some(serde_json::from_value(value).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,11 +57,7 @@ async fn evaluations_promotions_dead_letters_restarts_and_prometheus() {
     let Some(common::Stack { config, bucket }) = stack() else {
         return;
     };
-    let Some(prometheus_bin) = prometheus_binary() else {
-        assert!(
-            std::env::var("CHEXVISION_REQUIRE_STACK").as_deref() != Ok("1"),
-            "CHEXVISION_REQUIRE_STACK=1 but no prometheus binary"
-        );
+    let Some(prometheus_bin) = common::prometheus_or_skip() else {
         return;
     };
     let unique = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();

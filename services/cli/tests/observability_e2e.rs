@@ -33,8 +33,8 @@ mod common;
 use chexvision_bus::{Bus, TopicSpec};
 use chexvision_events::Body;
 use common::{
-    cli, free_port, http, prometheus_binary, repo_file, service_binary, stack, topic_env, topic_of,
-    Deadline, Prometheus, Service, TopicReader,
+    cli, free_port, http, repo_file, service_binary, stack, topic_env, topic_of, Deadline,
+    Prometheus, Service, TopicReader,
 };
 
 const TOPICS: [&str; 11] = [
@@ -63,25 +63,10 @@ fn sklearn(probabilities: &[Vec<f64>], labels: &[Vec<bool>]) -> (f64, f64) {
                   col=lambda m,c:[r[c] for r in m]\n\
                   a=[roc_auc_score(col(y,c),col(p,c)) for c in range(14) if 0<sum(col(y,c))<len(y)]\n\
                   print(json.dumps([sum(a)/len(a), roc_auc_score(col(y,14),col(p,14))]))";
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "scikit-learn (make deps installs it)"
-    );
-    let v: Vec<f64> = serde_json::from_slice(&output.stdout).unwrap();
+    // Required here: the test is the check.
+    let value = common::python_json(script, &input, "scikit-learn")
+        .expect("scikit-learn (make deps installs it)");
+    let v: Vec<f64> = serde_json::from_value(value).unwrap();
     (v[0], v[1])
 }
 
@@ -119,11 +104,7 @@ async fn every_dashboard_and_alert_query_returns_data_after_a_short_flow() {
     let Some(common::Stack { config, bucket }) = stack() else {
         return;
     };
-    let Some(prometheus_bin) = prometheus_binary() else {
-        assert!(
-            std::env::var("CHEXVISION_REQUIRE_STACK").as_deref() != Ok("1"),
-            "CHEXVISION_REQUIRE_STACK=1 but no prometheus binary"
-        );
+    let Some(prometheus_bin) = common::prometheus_or_skip() else {
         return;
     };
     let unique = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
@@ -406,8 +387,10 @@ async fn every_dashboard_and_alert_query_returns_data_after_a_short_flow() {
         p.push(answer["abnormal"]["probability"].as_f64().unwrap());
         probabilities.insert(request_id, p);
     }
+    // Usually a 504 (a 5xx series for the error panels); a fast machine may
+    // answer in time, which is no error either: the answer is not checked.
     let image = std::fs::read(source.path().join("images").join(&cases[0].0)).unwrap();
-    let (status, _) = http(
+    http(
         api,
         "POST",
         "/v1/predict",
@@ -417,7 +400,6 @@ async fn every_dashboard_and_alert_query_returns_data_after_a_short_flow() {
         ],
         &image,
     );
-    assert!(status == 504 || status == 200, "a 1 ms deadline: {status}");
 
     // Their radiologists' readings: by study, by request id, one twice,
     // one for a request nobody made.

@@ -580,3 +580,48 @@ pub fn http(
         .unwrap();
     (status, response[split + 4..].to_vec())
 }
+
+/// Runs a Python `script` with `input` on its stdin; its stdout as JSON.
+/// None where Python or the script's packages are missing and the stack is
+/// not required (with it required, as in CI, that is a failure naming `what`).
+pub fn python_json(script: &str, input: &str, what: &str) -> Option<serde_json::Value> {
+    let required = std::env::var("CHEXVISION_REQUIRE_STACK").as_deref() == Ok("1");
+    let output = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())?;
+            child.wait_with_output()
+        });
+    let failure = match output {
+        Ok(output) if output.status.success() => {
+            return Some(serde_json::from_slice(&output.stdout).expect("the script prints JSON"))
+        }
+        Ok(output) => String::from_utf8_lossy(&output.stderr).into_owned(),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        !required,
+        "{what} is needed (make deps installs it): {failure}"
+    );
+    eprintln!("skipping the {what} check: {failure}");
+    None
+}
+
+/// The `prometheus` binary, or None to skip (a failure when the stack is
+/// required).
+pub fn prometheus_or_skip() -> Option<PathBuf> {
+    let found = prometheus_binary();
+    assert!(
+        found.is_some() || std::env::var("CHEXVISION_REQUIRE_STACK").as_deref() != Ok("1"),
+        "CHEXVISION_REQUIRE_STACK=1 but no prometheus binary"
+    );
+    found
+}
