@@ -17,7 +17,6 @@ use chexvision_bus::{publish_event, Bus, BusError};
 use chexvision_config::Topics;
 use chexvision_events::{Envelope, FeedbackReceived, PredictionMade};
 use prometheus::IntCounterVec;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +46,7 @@ pub fn validate_study_ref(value: &str) -> Result<(), String> {
 
 /// What leaves the service instead of the reference itself.
 pub fn study_ref_sha256(value: &str) -> String {
-    hex::encode(Sha256::digest(value.as_bytes()))
+    chexvision_store::sha256_hex(value.as_bytes())
 }
 
 /// The publisher; cheap to clone.

@@ -72,12 +72,12 @@ pub enum Target {
     Study(String),
 }
 
-/// The join state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The join state (persisted as a [`Snapshot`]).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct JoinState {
     pub predictions: HashMap<String, PredictionRow>,
     pub confirmations: HashMap<String, Confirmation>,
-    #[serde(skip)]
+    /// Study hash → its predictions' request ids (rebuilt from them).
     by_study: HashMap<String, Vec<String>>,
 }
 
