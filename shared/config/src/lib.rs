@@ -153,7 +153,9 @@ impl Loader {
         }
 
         let top_level_keys = top_level_keys::<T>();
-        let mut raw_env_values: BTreeMap<String, String> = BTreeMap::new();
+        // Key → (its path, the raw text). The path is kept, not re-split
+        // from the key: a map key may hold dots (`kafka.properties.linger.ms`).
+        let mut raw_env_values: BTreeMap<String, (Vec<String>, String)> = BTreeMap::new();
         let mut env: Vec<_> = self.env.iter().collect();
         env.sort();
         for (var, raw) in env {
@@ -167,13 +169,13 @@ impl Loader {
             let key = path.join(".");
             set_path(&mut tree, &path, scalar(raw));
             sources.insert(key.clone(), Source::Env(var.clone()));
-            raw_env_values.insert(key, raw.clone());
+            raw_env_values.insert(key, (path, raw.clone()));
         }
         for (key, raw, origin) in &self.overrides {
             let path: Vec<String> = key.split('.').map(str::to_owned).collect();
             set_path(&mut tree, &path, scalar(raw));
             sources.insert(key.clone(), Source::Override(origin.clone()));
-            raw_env_values.insert(key.clone(), raw.clone());
+            raw_env_values.insert(key.clone(), (path, raw.clone()));
         }
 
         // A value such as `0123` or `true` set from the environment may be meant
@@ -186,11 +188,10 @@ impl Loader {
                 Ok(config) => break config,
                 Err(err) => {
                     let key = err.path().to_string();
-                    if let Some(raw) = raw_env_values.get(&key) {
+                    if let Some((path, raw)) = raw_env_values.get(&key) {
                         if !retried.contains(&key) {
                             retried.push(key.clone());
-                            let path: Vec<String> = key.split('.').map(str::to_owned).collect();
-                            set_path(&mut tree, &path, Value::String(raw.clone()));
+                            set_path(&mut tree, path, Value::String(raw.clone()));
                             continue;
                         }
                     }

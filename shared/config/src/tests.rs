@@ -87,6 +87,26 @@ fn env_value_that_looks_like_a_number_can_be_a_string() {
 }
 
 #[test]
+fn a_librdkafka_property_from_the_environment_keeps_its_dotted_name_and_text() {
+    let config: PlatformConfig = Loader::new()
+        .with_env([
+            ("CHEXVISION_KAFKA__PROPERTIES__ENABLE.IDEMPOTENCE", "false"),
+            ("CHEXVISION_KAFKA__PROPERTIES__LINGER.MS", "05"),
+            ("CHEXVISION_KAFKA__PROPERTIES__CLIENT.RACK", "eu-1a"),
+        ])
+        .load()
+        .unwrap();
+    assert_eq!(
+        config.kafka.properties,
+        BTreeMap::from([
+            ("client.rack".to_owned(), "eu-1a".to_owned()),
+            ("enable.idempotence".to_owned(), "false".to_owned()),
+            ("linger.ms".to_owned(), "05".to_owned()),
+        ])
+    );
+}
+
+#[test]
 fn bad_type_names_key_and_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "bad.yaml", "kafka:\n  partitions: many\n");
