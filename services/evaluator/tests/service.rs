@@ -18,7 +18,7 @@ use chexvision_evaluator::{CheckpointSelection, EvaluatorMetrics, EvaluatorServi
 use chexvision_events::{Body, CheckpointCreated, Envelope, ObjectRef};
 use chexvision_models::candle_core::Device;
 use chexvision_registry::Registry;
-use chexvision_store::{get_json, FsStore, ObjectStore};
+use chexvision_store::{get_json, FsStore, ObjectStore, OutageStore};
 use chexvision_trainer::{run_training, EpochRecord, RunHooks};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -342,85 +342,12 @@ async fn an_interrupted_evaluation_is_finished_by_the_next_worker() {
     assert_eq!(history.len(), 1, "evaluated and decided once");
 }
 
-/// A store whose objects under `runs/` stop answering while `down` is set
-/// (what the evaluation reads: the run and its checkpoint); the rest works.
-#[derive(Debug)]
-struct RunsOutage {
-    inner: Arc<dyn ObjectStore>,
-    down: std::sync::atomic::AtomicBool,
-}
-
-impl RunsOutage {
-    fn check(&self, operation: &'static str, key: &str) -> chexvision_store::Result<()> {
-        if self.down.load(std::sync::atomic::Ordering::SeqCst) && key.starts_with("runs/") {
-            return Err(chexvision_store::StoreError::Unavailable {
-                store: "test".into(),
-                operation,
-                key: key.into(),
-                attempts: 3,
-                detail: "connection refused".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for RunsOutage {
-    fn uri(&self, key: &str) -> String {
-        self.inner.uri(key)
-    }
-    async fn put(
-        &self,
-        key: &str,
-        data: bytes::Bytes,
-    ) -> chexvision_store::Result<chexvision_store::PutReceipt> {
-        self.check("put", key)?;
-        self.inner.put(key, data).await
-    }
-    async fn put_if_absent(
-        &self,
-        key: &str,
-        data: bytes::Bytes,
-    ) -> chexvision_store::Result<chexvision_store::PutReceipt> {
-        self.check("put", key)?;
-        self.inner.put_if_absent(key, data).await
-    }
-    async fn get(&self, key: &str) -> chexvision_store::Result<bytes::Bytes> {
-        self.check("get", key)?;
-        self.inner.get(key).await
-    }
-    async fn head(&self, key: &str) -> chexvision_store::Result<chexvision_store::ObjectMeta> {
-        self.check("head", key)?;
-        self.inner.head(key).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-    ) -> chexvision_store::Result<Vec<chexvision_store::ObjectMeta>> {
-        self.check("list", prefix)?;
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> chexvision_store::Result<()> {
-        self.check("delete", key)?;
-        self.inner.delete(key).await
-    }
-    async fn upload(
-        &self,
-        key: &str,
-    ) -> chexvision_store::Result<Box<dyn chexvision_store::Upload>> {
-        self.check("upload", key)?;
-        self.inner.upload(key).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_postpones_an_evaluation_instead_of_failing_it() {
     let (_dir, healthy) = setup().await;
-    let outage = Arc::new(RunsOutage {
-        inner: healthy.clone(),
-        down: Default::default(),
-    });
+    // The run's objects (what the evaluation reads) stop answering; the
+    // rest of the store works.
+    let outage = Arc::new(OutageStore::new(healthy.clone(), "runs/"));
     let store: Arc<dyn ObjectStore> = outage.clone();
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
     let topics = Topics::default();
@@ -445,14 +372,12 @@ async fn a_store_outage_postpones_an_evaluation_instead_of_failing_it() {
     let (body, envelope) = event(store.as_ref(), "a", &last, &last.checkpoint_sha256);
     // While the run's objects do not answer, the event waits (Unavailable:
     // retried by the consumer, never dead-lettered).
-    outage.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    outage.set_down(true);
     assert!(matches!(
         handler.accept(&body, &envelope).await,
         Err(HandlerError::Unavailable(_))
     ));
-    outage
-        .down
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    outage.set_down(false);
     let Accepted::Queued(key) = handler.accept(&body, &envelope).await.unwrap() else {
         panic!("not queued")
     };
@@ -467,7 +392,7 @@ async fn a_store_outage_postpones_an_evaluation_instead_of_failing_it() {
     });
     // The evaluation's reads fail for its one attempt: postponed, still
     // pending (a failed job would never be evaluated).
-    outage.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    outage.set_down(true);
     let outcome = worker
         .clone()
         .run_job(&key, &CancellationToken::new())
@@ -476,9 +401,7 @@ async fn a_store_outage_postpones_an_evaluation_instead_of_failing_it() {
     let job: EvaluationJob = get_json(healthy.as_ref(), &key).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Pending);
     // The store answers again: the next try evaluates it.
-    outage
-        .down
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    outage.set_down(false);
     assert_eq!(
         worker.run_job(&key, &CancellationToken::new()).await,
         JobOutcome::Done

@@ -54,7 +54,9 @@ pub use optim::{AdamW, GradAccumulator};
 pub use recipe::{
     pos_weight_from_counts, smooth_targets, EarlyStopping, LrSchedule, Precision, RecipeConfig,
 };
-pub use run::{run_training, validate, RunError, RunHooks, RunProgress, WrittenCheckpoint};
+pub use run::{
+    run_training, store_error, validate, RunError, RunHooks, RunProgress, WrittenCheckpoint,
+};
 pub use settings::{
     is_valid_config_name, parse_device, DeviceChoice, TrainSettings, TrainerServiceSettings,
 };

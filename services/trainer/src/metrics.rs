@@ -12,7 +12,9 @@ pub struct TrainerMetrics {
     /// Requests by outcome: accepted, duplicate, ignored (a dataset at
     /// another size). Malformed ones are counted by the bus as dead letters.
     pub requests: IntCounterVec,
-    /// Runs that stopped, by outcome: completed, stopped_early, failed, interrupted.
+    /// Runs that stopped, by outcome: completed, stopped_early, failed,
+    /// interrupted, lost_lease; store_unavailable counts an attempt that
+    /// paused until the store answers again.
     pub runs: IntCounterVec,
     /// Runs accepted and not yet started.
     pub queued_runs: IntGauge,

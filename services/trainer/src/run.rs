@@ -104,13 +104,13 @@ pub fn run_training(
         runtime
             .block_on(store.put(k, Bytes::from(bytes)))
             .map(|_| ())
-            .map_err(|e| RunError::Store(format!("writing {k}: {e}")))
+            .map_err(|e| store_error(&format!("writing {k}"), &e))
     };
 
     let plan = plan_run(dataset_id, settings.image_size, |k| match get(k) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(RunError::Store(format!("reading {k}: {e}"))),
+        Err(e) => Err(store_error(&format!("reading {k}"), &e)),
     })?;
     let labels: Vec<&str> = LABELS.to_vec();
     let train_rows = plan.train_rows;
@@ -128,7 +128,7 @@ pub fn run_training(
                 .map_err(|e| RunError::Data(format!("{state_key}: {e}")))?,
         ),
         Err(chexvision_store::StoreError::NotFound { .. }) => None,
-        Err(e) => return Err(RunError::Store(format!("reading {state_key}: {e}"))),
+        Err(e) => return Err(store_error(&format!("reading {state_key}"), &e)),
     };
     if let Some(prev) = &previous {
         if prev.dataset_id != dataset_id || &prev.settings != settings {
@@ -144,8 +144,7 @@ pub fn run_training(
     let history_key = key(run_id, "history.json");
     let mut history: Vec<EpochRecord> = if state.epochs_done > 0 {
         serde_json::from_slice(
-            &get(&history_key)
-                .map_err(|e| RunError::Store(format!("reading {history_key}: {e}")))?,
+            &get(&history_key).map_err(|e| store_error(&format!("reading {history_key}"), &e))?,
         )
         .map_err(|e| RunError::Data(format!("{history_key}: {e}")))?
     } else {
@@ -167,13 +166,12 @@ pub fn run_training(
             &format!("checkpoints/epoch-{:03}.safetensors", state.epochs_done - 1),
         );
         let bytes =
-            get(&epoch_key).map_err(|e| RunError::Store(format!("reading {epoch_key}: {e}")))?;
+            get(&epoch_key).map_err(|e| store_error(&format!("reading {epoch_key}"), &e))?;
         let checkpoint = Checkpoint::from_bytes(&bytes, device)?;
         checkpoint.expect(&settings.model, &labels)?;
         checkpoint.restore_into(trainer.varmap())?;
         let opt_key = epoch_key.replace(".safetensors", ".optimizer.safetensors");
-        let bytes =
-            get(&opt_key).map_err(|e| RunError::Store(format!("reading {opt_key}: {e}")))?;
+        let bytes = get(&opt_key).map_err(|e| store_error(&format!("reading {opt_key}"), &e))?;
         let opt_state: BTreeMap<String, Tensor> =
             chexvision_models::candle_core::safetensors::load_buffer(&bytes, device)
                 .map_err(|e| RunError::Data(format!("{opt_key}: {e}")))?
@@ -434,6 +432,10 @@ pub enum RunError {
     Loader(#[from] LoaderError),
     #[error("store: {0}")]
     Store(String),
+    /// The store did not answer (after its own retries): may pass by
+    /// itself, so the worker waits it out instead of counting an attempt.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     #[error("data: {0}")]
     Data(String),
     #[error("conflict: {0}")]
@@ -443,4 +445,27 @@ pub enum RunError {
     NotPrepared(String),
     #[error("interrupted during epoch {epoch}; run again to resume from its start")]
     Interrupted { epoch: u32 },
+}
+
+impl RunError {
+    /// Whether the store was out of reach: the run's own reads, writes
+    /// and the loader's shard fetches.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            RunError::Unavailable(_) => true,
+            RunError::Loader(LoaderError::Fetch { source, .. }) => source.is_unavailable(),
+            _ => false,
+        }
+    }
+}
+
+/// A store error of the run, `context` saying which object: an outage
+/// becomes [`RunError::Unavailable`], anything else [`RunError::Store`].
+pub fn store_error(context: &str, error: &chexvision_store::StoreError) -> RunError {
+    let message = format!("{context}: {error}");
+    if error.is_unavailable() {
+        RunError::Unavailable(message)
+    } else {
+        RunError::Store(message)
+    }
 }

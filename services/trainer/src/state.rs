@@ -18,7 +18,7 @@ use chexvision_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 
 use crate::recipe::EarlyStopping;
-use crate::run::RunError;
+use crate::run::{store_error, RunError};
 use crate::settings::TrainSettings;
 
 /// One finished epoch.
@@ -170,14 +170,14 @@ pub async fn create_run(store: &dyn ObjectStore, state: &RunState) -> Result<(),
             )))
         }
         Err(e) if e.is_not_found() => {}
-        Err(e) => return Err(RunError::Store(format!("reading {state_key}: {e}"))),
+        Err(e) => return Err(store_error(&format!("reading {state_key}"), &e)),
     }
     let config =
         serde_yaml::to_string(&state.settings).map_err(|e| RunError::Data(e.to_string()))?;
     store
         .put(&run_key(&state.run_id, "config.yaml"), Bytes::from(config))
         .await
-        .map_err(|e| RunError::Store(format!("writing config.yaml: {e}")))?;
+        .map_err(|e| store_error("writing config.yaml", &e))?;
     // Two replicas accepting one request (a rebalance) create one run.
     match store
         .put_if_absent(&state_key, Bytes::from(to_json(state)?))
@@ -188,7 +188,7 @@ pub async fn create_run(store: &dyn ObjectStore, state: &RunState) -> Result<(),
             "run {} exists already",
             state.run_id
         ))),
-        Err(e) => Err(RunError::Store(format!("writing {state_key}: {e}"))),
+        Err(e) => Err(store_error(&format!("writing {state_key}"), &e)),
     }
 }
 
@@ -201,7 +201,7 @@ pub async fn read_run_state(
         .await
         .map_err(|e| match e {
             chexvision_store::StoreError::Decode { .. } => RunError::Data(e.to_string()),
-            other => RunError::Store(other.to_string()),
+            other => store_error(&format!("reading {}", state_key(run_id)), &other),
         })
 }
 
@@ -212,7 +212,7 @@ pub async fn write_run_state(store: &dyn ObjectStore, state: &RunState) -> Resul
         .put(&key, Bytes::from(to_json(state)?))
         .await
         .map(|_| ())
-        .map_err(|e| RunError::Store(format!("writing {key}: {e}")))
+        .map_err(|e| store_error(&format!("writing {key}"), &e))
 }
 
 /// Marks a run failed (kept for the record; never picked up again). Works
@@ -227,7 +227,7 @@ pub async fn mark_failed(
     let bytes = match store.get(&key).await {
         Ok(bytes) => bytes,
         Err(e) if e.is_not_found() => return Ok(()),
-        Err(e) => return Err(RunError::Store(format!("reading {key}: {e}"))),
+        Err(e) => return Err(store_error(&format!("reading {key}"), &e)),
     };
     let mut record = match serde_json::from_slice::<serde_json::Value>(&bytes) {
         Ok(serde_json::Value::Object(map)) => map,
@@ -248,7 +248,7 @@ pub async fn mark_failed(
         .put(&key, Bytes::from(to_json(&record)?))
         .await
         .map(|_| ())
-        .map_err(|e| RunError::Store(format!("writing {key}: {e}")))
+        .map_err(|e| store_error(&format!("writing {key}"), &e))
 }
 
 /// What the listing of runs needs from a state, readable even where the

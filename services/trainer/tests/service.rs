@@ -13,7 +13,7 @@ use chexvision_config::{KafkaSettings, Topics};
 use chexvision_dataset::dataset_ready_key;
 use chexvision_events::{Body, DatasetReady, Envelope, ModelKind, ObjectRef, TrainingRequested};
 use chexvision_models::candle_core::Device;
-use chexvision_store::{FsStore, ObjectStore};
+use chexvision_store::{FsStore, ObjectStore, OutageStore};
 use chexvision_trainer::{
     read_run_state,
     service::{
@@ -437,6 +437,98 @@ async fn a_stopped_worker_leaves_the_run_to_the_next_start_which_finishes_it() {
         2,
         "epoch 0 once, by the first worker; epoch 1 by the second"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_longer_than_the_attempts_pauses_the_run_and_loses_nothing() {
+    let h = harness().await;
+    let outage = Arc::new(OutageStore::new(h.store.clone(), ""));
+    let store: Arc<dyn ObjectStore> = outage.clone();
+    let (mut handler, _queue) = h.handler(None);
+    handler.store = store.clone();
+    let envelope = Envelope::new(request("r-outage", "corners", "corners"), "tests");
+    let Some(Body::TrainingRequested(req)) = &envelope.body else {
+        unreachable!()
+    };
+    // A request arriving during the outage waits (retried by the consumer
+    // for as long as it lasts), never dead-lettered.
+    outage.set_down(true);
+    let refused = handler.accept(req, &envelope).await.unwrap_err();
+    assert!(
+        matches!(
+            chexvision_bus::HandlerError::from(refused),
+            chexvision_bus::HandlerError::Unavailable(_)
+        ),
+        "a store outage must not count as a failed request"
+    );
+    outage.set_down(false);
+    assert_eq!(
+        handler.accept(req, &envelope).await.unwrap(),
+        Accepted::Started("r-outage".into())
+    );
+
+    // The store goes away during the second epoch and stays away for more
+    // failed attempts than `max_attempts` allows for other failures.
+    let registry = prometheus::Registry::new();
+    let metrics = TrainerMetrics::register(&registry).unwrap();
+    let attempts = h.settings.max_attempts;
+    let switch = {
+        let (outage, metrics, registry) = (outage.clone(), metrics.clone(), registry.clone());
+        tokio::spawn(async move {
+            while metrics.images.get() < 144 + 32 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            outage.set_down(true);
+            while metric(
+                &registry,
+                "chexvision_trainer_runs_total",
+                Some("store_unavailable"),
+            ) < f64::from(attempts + 2)
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            outage.set_down(false);
+        })
+    };
+    let worker = Arc::new(TrainerWorker {
+        store: store.clone(),
+        bus: h.bus.clone(),
+        topics: h.topics.clone(),
+        settings: h.settings.clone(),
+        device: Device::Cpu,
+        metrics: Some(metrics),
+    });
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(300),
+        worker.run_job("r-outage", &CancellationToken::new()),
+    )
+    .await
+    .expect("the run ends once the store is back");
+    switch.await.unwrap();
+    assert_eq!(outcome, JobOutcome::Finished(RunStatus::Completed));
+    assert!(outage.refused() > 0);
+    assert_eq!(
+        metric(&registry, "chexvision_trainer_runs_total", Some("failed")),
+        0.0
+    );
+    // Resumed from its last epoch: each epoch once, each announced once.
+    let history: Vec<EpochRecord> =
+        serde_json::from_slice(&h.store.get("runs/r-outage/history.json").await.unwrap()).unwrap();
+    assert_eq!(
+        history.iter().map(|e| e.epoch).collect::<Vec<_>>(),
+        vec![0, 1]
+    );
+    let announced = h
+        .events(&h.topics.checkpoints, "c", Duration::from_millis(200))
+        .await;
+    let epochs: Vec<u32> = announced
+        .iter()
+        .map(|e| match &e.body {
+            Some(Body::CheckpointCreated(c)) => c.epoch,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(epochs, vec![0, 1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@
 mod claim;
 mod fs;
 mod metered;
+mod outage;
 mod s3;
 
 use std::{sync::Arc, time::SystemTime};
@@ -27,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub use claim::{claim, release, renew, Claim, ClaimOutcome};
 pub use fs::FsStore;
 pub use metered::{MeteredStore, StoreMetrics};
+pub use outage::OutageStore;
 pub use s3::S3Store;
 
 /// Size of the chunks [`put_reader`] reads.

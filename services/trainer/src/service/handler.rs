@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use crate::state::state_key;
 use crate::{create_run, RunError, RunState, TrainerMetrics, TrainerServiceSettings};
 
-use super::request::{dataset_ready_request, resolve_request, unavailable, RequestError};
+use super::request::{dataset_ready_request, resolve_request, store_failure, RequestError};
 
 /// What became of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +54,7 @@ impl TrainerHandler {
                     return Ok(Accepted::Duplicate(request.request_id.clone()));
                 }
                 Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(unavailable("run state", e)),
+                Err(e) => return Err(store_failure("reading the run state", &e)),
             }
         }
         let resolved =
@@ -69,7 +69,10 @@ impl TrainerHandler {
         match create_run(self.store.as_ref(), &state).await {
             Ok(()) => {}
             Err(RunError::Conflict(_)) => return Ok(Accepted::Duplicate(state.run_id)),
-            Err(e) => return Err(unavailable("recording the run", e)),
+            Err(e) if e.is_unavailable() => {
+                return Err(RequestError::Unavailable(format!("recording the run: {e}")))
+            }
+            Err(e) => return Err(RequestError::Failed(format!("recording the run: {e}"))),
         }
         tracing::info!(
             run_id = %state.run_id,

@@ -23,22 +23,33 @@ pub enum RequestError {
     /// The request can never become a run as written.
     #[error("{0}")]
     Rejected(String),
-    /// Something that may pass (the store unreachable).
+    /// The store did not answer: the request waits, however long that
+    /// lasts, and is never dead-lettered for it.
     #[error("{0}")]
     Unavailable(String),
+    /// Something else that may pass (retried a bounded number of times).
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl From<RequestError> for HandlerError {
     fn from(error: RequestError) -> Self {
         match error {
             RequestError::Rejected(reason) => HandlerError::Malformed(reason),
-            RequestError::Unavailable(reason) => HandlerError::Failed(reason),
+            RequestError::Unavailable(reason) => HandlerError::Unavailable(reason),
+            RequestError::Failed(reason) => HandlerError::Failed(reason),
         }
     }
 }
 
-pub(crate) fn unavailable(context: &str, error: impl std::fmt::Display) -> RequestError {
-    RequestError::Unavailable(format!("{context}: {error}"))
+/// A store error while accepting a request.
+pub(crate) fn store_failure(context: &str, error: &chexvision_store::StoreError) -> RequestError {
+    let message = format!("{context}: {error}");
+    if error.is_unavailable() {
+        RequestError::Unavailable(message)
+    } else {
+        RequestError::Failed(message)
+    }
 }
 
 /// A request resolved into everything its run needs.
@@ -123,7 +134,7 @@ pub async fn latest_ready_dataset(
     let objects = store
         .list("datasets/")
         .await
-        .map_err(|e| unavailable("listing datasets/", e))?;
+        .map_err(|e| store_failure("listing datasets/", &e))?;
     Ok(objects
         .into_iter()
         .filter_map(|o| {
@@ -163,7 +174,7 @@ async fn ready_dataset(
         Err(e @ chexvision_store::StoreError::Decode { .. }) => Err(RequestError::Rejected(
             format!("{key} is not a ready manifest: {e}"),
         )),
-        Err(e) => Err(unavailable(&format!("reading {key}"), e)),
+        Err(e) => Err(store_failure(&format!("reading {key}"), &e)),
     }
 }
 
@@ -209,7 +220,7 @@ pub async fn resolve_request(
             load_run_settings(Path::new(&dir), &name, &overrides, &origin)
         })
         .await
-        .map_err(|e| unavailable("reading the training config", e))??
+        .map_err(|e| RequestError::Failed(format!("reading the training config: {e}")))??
     };
     let problems = check_run(
         &run_settings,

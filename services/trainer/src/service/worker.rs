@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 use crate::limits::{check_run, memory_budget};
 use crate::state::{lease_key, StatusOnly};
 use crate::{
-    mark_failed, read_run_state, run_training, RunError, RunHooks, RunState, RunStatus,
-    TrainerMetrics, TrainerServiceSettings,
+    mark_failed, read_run_state, run_training, store_error, RunError, RunHooks, RunState,
+    RunStatus, TrainerMetrics, TrainerServiceSettings,
 };
 
 use super::PRODUCER;
@@ -43,7 +43,7 @@ pub async fn pending_runs(store: &dyn ObjectStore) -> Result<Vec<String>, RunErr
     let objects = store
         .list("runs/")
         .await
-        .map_err(|e| RunError::Store(format!("listing runs/: {e}")))?;
+        .map_err(|e| store_error("listing runs/", &e))?;
     let mut pending = Vec::new();
     for object in objects {
         let Some(run_id) = object
@@ -215,10 +215,28 @@ impl TrainerWorker {
         shutdown: &CancellationToken,
     ) -> JobOutcome {
         let run_id = state.run_id.clone();
-        let mut attempt = 0;
+        let (mut attempt, mut outages) = (0, 0u32);
         loop {
             attempt += 1;
             let outcome = self.clone().attempt(state.clone(), shutdown.clone()).await;
+            // A store that does not answer fails every attempt alike: wait
+            // it out (the run resumes from its last epoch) instead of
+            // spending attempts and marking a good run failed.
+            if let Err(error) = &outcome {
+                if error.is_unavailable() {
+                    attempt -= 1;
+                    outages += 1;
+                    let pause = Duration::from_secs(
+                        (self.settings.retry_backoff_secs << (outages - 1).min(6)).min(60),
+                    );
+                    tracing::warn!(%run_id, outages, %error, ?pause, "the store does not answer; the run resumes when it does");
+                    self.count("store_unavailable");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return JobOutcome::Interrupted,
+                        _ = tokio::time::sleep(pause) => continue,
+                    }
+                }
+            }
             let retry = match &outcome {
                 Ok(Trained::LostLease) => {
                     tracing::warn!(%run_id, "another replica took the run's lease over; stopping here");
