@@ -6,11 +6,16 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_config::{
+    ecs::EcsCredentialsProvider, provider_config::ProviderConfig,
+    web_identity_token::WebIdentityTokenCredentialsProvider,
+};
 use aws_runtime::auth::PayloadSigningOverride;
 use aws_sdk_s3::{
     config::{
         http::HttpResponse, retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion,
         Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+        SharedCredentialsProvider,
     },
     error::{DisplayErrorContext, SdkError},
     primitives::ByteStream,
@@ -64,13 +69,14 @@ impl S3Store {
                 reason: e.to_string(),
             })?;
         }
-        let credentials = credentials(settings, |name| std::env::var(name).ok())
+        let source = credentials(settings, |name| std::env::var(name).ok())
             .map_err(|reason| StoreError::InvalidUri { uri, reason })?;
+        let region = Region::new(settings.region.clone());
         let path_style = settings.path_style.unwrap_or(settings.endpoint.is_some());
         let mut builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(settings.region.clone()))
-            .credentials_provider(credentials)
+            .region(region.clone())
+            .credentials_provider(credentials_provider(source, &region))
             .force_path_style(path_style)
             // Checksums in trailers are not understood by every S3-compatible
             // server; sha256 of every object is computed by us anyway.
@@ -239,12 +245,29 @@ impl Intercept for PrecomputedPayloadHash {
     }
 }
 
-/// Static credentials from the settings, else from the AWS_* variables that
-/// `env` looks up; the error says how to provide them.
+/// Where the client's credentials come from.
+#[derive(Debug)]
+enum CredentialSource {
+    /// Keys from the settings or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+    Static(Credentials),
+    /// A projected service-account token exchanged with STS for a role
+    /// (EKS IAM roles for service accounts: AWS_WEB_IDENTITY_TOKEN_FILE
+    /// and AWS_ROLE_ARN).
+    WebIdentity,
+    /// A credentials endpoint beside the container (EKS Pod Identity, ECS:
+    /// AWS_CONTAINER_CREDENTIALS_FULL_URI or _RELATIVE_URI).
+    Container,
+}
+
+/// Picks the credentials, first match wins: static keys from the settings,
+/// then from the AWS_* variables that `env` looks up, then a web identity,
+/// then a container credentials endpoint. The error says how to provide
+/// them. (The EC2 instance role is not used: a pod would borrow its node's
+/// identity.)
 fn credentials(
     settings: &S3Settings,
     env: impl Fn(&str) -> Option<String>,
-) -> Result<Credentials, String> {
+) -> Result<CredentialSource, String> {
     let access_key = settings
         .access_key_id
         .clone()
@@ -253,18 +276,54 @@ fn credentials(
         .secret_access_key
         .clone()
         .or_else(|| env("AWS_SECRET_ACCESS_KEY"));
-    let (Some(access_key), Some(secret_key)) = (access_key, secret_key) else {
-        return Err("no S3 credentials: set s3.access_key_id and s3.secret_access_key \
-                    (CHEXVISION_S3__ACCESS_KEY_ID, ...) or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-            .into());
-    };
-    Ok(Credentials::new(
-        access_key,
-        secret_key,
-        env("AWS_SESSION_TOKEN"),
-        None,
-        "chexvision-config",
-    ))
+    if let (Some(access_key), Some(secret_key)) = (access_key, secret_key) {
+        return Ok(CredentialSource::Static(Credentials::new(
+            access_key,
+            secret_key,
+            env("AWS_SESSION_TOKEN"),
+            None,
+            "chexvision-config",
+        )));
+    }
+    let set = |name: &str| env(name).is_some_and(|v| !v.is_empty());
+    if set("AWS_WEB_IDENTITY_TOKEN_FILE") {
+        if !set("AWS_ROLE_ARN") {
+            return Err(
+                "AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN is not: \
+                        the role to assume for S3 (IRSA sets both)"
+                    .into(),
+            );
+        }
+        return Ok(CredentialSource::WebIdentity);
+    }
+    if set("AWS_CONTAINER_CREDENTIALS_FULL_URI") || set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
+        return Ok(CredentialSource::Container);
+    }
+    Err(
+        "no S3 credentials: set s3.access_key_id and s3.secret_access_key \
+         (CHEXVISION_S3__ACCESS_KEY_ID, ...) or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+         or run with a cloud identity (AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN, \
+         or AWS_CONTAINER_CREDENTIALS_FULL_URI)"
+            .into(),
+    )
+}
+
+/// The provider for a source. The web identity and container providers
+/// read their variables from the process environment; the client caches
+/// what they return and refreshes it before it expires.
+fn credentials_provider(source: CredentialSource, region: &Region) -> SharedCredentialsProvider {
+    let config = ProviderConfig::without_region().with_region(Some(region.clone()));
+    match source {
+        CredentialSource::Static(credentials) => SharedCredentialsProvider::new(credentials),
+        CredentialSource::WebIdentity => SharedCredentialsProvider::new(
+            WebIdentityTokenCredentialsProvider::builder()
+                .configure(&config)
+                .build(),
+        ),
+        CredentialSource::Container => SharedCredentialsProvider::new(
+            EcsCredentialsProvider::builder().configure(&config).build(),
+        ),
+    }
 }
 
 #[async_trait]
@@ -603,7 +662,11 @@ mod tests {
             "AWS_SECRET_ACCESS_KEY" => Some("env-secret".to_owned()),
             _ => None,
         };
-        let from_env = credentials(&S3Settings::default(), env).unwrap();
+        let keys = |source| match source {
+            CredentialSource::Static(credentials) => credentials,
+            other => panic!("{other:?}"),
+        };
+        let from_env = keys(credentials(&S3Settings::default(), env).unwrap());
         assert_eq!(from_env.access_key_id(), "GKenv");
         assert_eq!(from_env.session_token(), None);
 
@@ -612,14 +675,59 @@ mod tests {
             secret_access_key: Some("config-secret".into()),
             ..Default::default()
         };
-        let from_config = credentials(&configured, env).unwrap();
+        let from_config = keys(credentials(&configured, env).unwrap());
         assert_eq!(from_config.access_key_id(), "GKconfig");
         assert_eq!(from_config.secret_access_key(), "config-secret");
 
         let err = credentials(&S3Settings::default(), |_| None).unwrap_err();
         assert!(
-            err.contains("AWS_ACCESS_KEY_ID") && err.contains("s3.access_key_id"),
+            err.contains("AWS_ACCESS_KEY_ID")
+                && err.contains("s3.access_key_id")
+                && err.contains("AWS_WEB_IDENTITY_TOKEN_FILE"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn without_keys_a_cloud_identity_is_used_and_an_incomplete_one_is_named() {
+        let lookup = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let irsa = lookup(&[
+            (
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                "/var/run/secrets/eks.amazonaws.com/serviceaccount/token",
+            ),
+            ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/chexvision"),
+        ]);
+        assert!(matches!(
+            credentials(&S3Settings::default(), irsa),
+            Ok(CredentialSource::WebIdentity)
+        ));
+        let pod_identity = lookup(&[(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "http://169.254.170.23/v1/credentials",
+        )]);
+        assert!(matches!(
+            credentials(&S3Settings::default(), pod_identity),
+            Ok(CredentialSource::Container)
+        ));
+        // Static keys win over an identity.
+        let configured = S3Settings {
+            access_key_id: Some("GKconfig".into()),
+            secret_access_key: Some("config-secret".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            credentials(&configured, irsa),
+            Ok(CredentialSource::Static(_))
+        ));
+        let no_role = lookup(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/token")]);
+        let err = credentials(&S3Settings::default(), no_role).unwrap_err();
+        assert!(err.contains("AWS_ROLE_ARN"), "{err}");
     }
 }
