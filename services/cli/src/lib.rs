@@ -445,7 +445,7 @@ pub fn example(kind: ExampleKind) -> String {
                 "datasetId": "latest",
                 "modelKind": "MODEL_KIND_DENSENET121",
                 "config": "transfer",
-                "overrides": {"trainer.epochs": "20"},
+                "overrides": {"recipe.epochs": "20"},
                 "reason": "new data from site B",
                 "requestedBy": "data-team@hospital.example"
             }
@@ -493,6 +493,24 @@ mod tests {
             assert_eq!(topic_for(&events[0], &topics).unwrap(), topic);
             assert!(default_key(&events[0]).contains("2026-11-30"));
         }
+    }
+
+    #[test]
+    fn the_training_request_example_trains_with_the_configs_it_names() {
+        let events = parse_events(&example(ExampleKind::TrainingRequested)).unwrap();
+        let Some(chexvision_events::Body::TrainingRequested(request)) = &events[0].body else {
+            panic!("not a training request")
+        };
+        let configs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let overrides = request.overrides.clone().into_iter().collect();
+        let settings = chexvision_trainer::service::load_run_settings(
+            &configs,
+            &request.config,
+            &overrides,
+            "the example",
+        )
+        .unwrap_or_else(|e| panic!("the example's overrides: {e}"));
+        assert_eq!(settings.recipe.epochs, 20);
     }
 
     #[test]

@@ -247,6 +247,7 @@ pub fn resolve_model(
             checkpoint_uri: store.uri(&key),
             checkpoint_key: key,
             checkpoint_sha256: sha256,
+            checkpoint_bytes: bytes.len() as u64,
             model_kind: model_kind(&state.settings.model).into(),
             epoch,
         },

@@ -36,7 +36,7 @@ pub fn record_of(outcome: &EvaluationOutcome) -> ModelRecord {
             uri: model.checkpoint_uri.clone(),
             key: model.checkpoint_key.clone(),
             sha256: model.checkpoint_sha256.clone(),
-            size_bytes: 0,
+            size_bytes: model.checkpoint_bytes,
         },
         model_kind: model.model_kind.clone(),
         image_size_px: report.dataset.image_size_px,

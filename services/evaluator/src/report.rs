@@ -98,6 +98,10 @@ pub struct ModelInfo {
     pub checkpoint_uri: String,
     pub checkpoint_key: String,
     pub checkpoint_sha256: String,
+    /// Size of the checkpoint file (0 in reports written before it was
+    /// recorded).
+    #[serde(default)]
+    pub checkpoint_bytes: u64,
     pub model_kind: String,
     pub epoch: Option<u32>,
 }

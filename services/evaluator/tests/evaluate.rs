@@ -261,6 +261,8 @@ async fn a_report_its_predictions_plots_and_decisions() {
         .unwrap();
     assert_eq!(record.metrics.macro_auc, report.macro_auc);
     assert!(record.thresholds.contains_key(LABELS[0]));
+    let checkpoint = store.head(&record.checkpoint.key).await.unwrap();
+    assert_eq!(record.checkpoint.size_bytes, checkpoint.size);
 
     // A challenger evaluated on another dataset: the champion is evaluated
     // on the challenger's images first, into its own `-on-` folder.
