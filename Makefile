@@ -9,7 +9,7 @@ PROFILE ?= dev
 PROFILE_DIR := $(if $(filter dev,$(PROFILE)),debug,$(if $(filter bench,$(PROFILE)),release,$(PROFILE)))
 TARGET_DIR = $${CARGO_TARGET_DIR:-$(CURDIR)/target}
 
-.PHONY: help test test-unit lint fmt build deps inference-conformance observability-check deploy-check stack-up stack-down stack-status demo clean-stack bench bench-models bench-serve fuzz fuzz-inference model-parity cuda-build tiny-auc
+.PHONY: help test test-unit lint fmt build deps inference-conformance observability-check deploy-check readme-check stack-up stack-down stack-status demo clean-stack bench bench-models bench-serve fuzz fuzz-inference model-parity cuda-build tiny-auc
 
 help:
 	@echo "make test        lint, then every test, with the local Kafka broker and S3 server (started if needed)"
@@ -18,6 +18,7 @@ help:
 	@echo "make inference-conformance  the inference API against tritonclient, the FHIR R4 schema and schemathesis"
 	@echo "make observability-check  alert rules and their tests, dashboards (generator, Grafana schema), query extractor, Helm chart"
 	@echo "make deploy-check  Helm chart (lint, renders, objects, values schema), kustomize overlays, Kubernetes 1.30/1.32 schemas, Dockerfiles"
+	@echo "make readme-check  every command in README.md run, or matched to the test that runs it (tests/readme/commands.yaml)"
 	@echo "make stack-up    install (first run only) and start tansu + garage on loopback"
 	@echo "make stack-down  stop them"
 	@echo "make demo        the whole product in one process: synthetic data to a served model on http://127.0.0.1:8080"
@@ -49,6 +50,7 @@ test: lint deps
 	$(MAKE) --no-print-directory inference-conformance
 	$(MAKE) --no-print-directory observability-check
 	$(MAKE) --no-print-directory deploy-check
+	$(MAKE) --no-print-directory readme-check
 
 # The inference service against Triton's client, HL7's FHIR R4 schema and
 # schemathesis (tests/inference/README.md); uses the binaries `test` built.
@@ -69,6 +71,14 @@ observability-check:
 # Kubernetes 1.30 and 1.32 schemas, the Dockerfiles (docs/deployment.md).
 deploy-check:
 	PYTHON=$(PYTHON) scripts/deploy_check.sh
+
+# Every command in README.md is run here (a demo model served for the API
+# calls) or matched to the test or CI file that runs it
+# (tests/readme/commands.yaml; scripts/readme_check.py says how). The
+# checker's self-test, which plants faults it must catch, runs first.
+readme-check:
+	$(PYTHON) scripts/readme_check.py --self-test
+	CHEXVISION_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision" $(PYTHON) scripts/readme_check.py
 
 # Test tools: a real Prometheus (Debian's package) scrapes /metrics,
 # scikit-learn (PyPI) recomputes the evaluator's AUCs in its end-to-end test,
