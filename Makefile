@@ -80,13 +80,19 @@ readme-check:
 	$(PYTHON) scripts/readme_check.py --self-test
 	CHEXVISION_BIN="$(TARGET_DIR)/$(PROFILE_DIR)/chexvision" $(PYTHON) scripts/readme_check.py
 
-# Test tools: a real Prometheus (Debian's package) scrapes /metrics,
+# Test tools: socat terminates TLS in front of the broker for the Kafka
+# TLS + SCRAM test (openssl makes its certificates), a real Prometheus
+# (Debian's package) scrapes /metrics,
 # scikit-learn (PyPI) recomputes the evaluator's AUCs in its end-to-end test,
 # Chromium drives the inference web page, tritonclient, schemathesis and
 # jsonschema (PyPI) check the inference API from outside, and promtool (in
 # Debian's prometheus) with Grafana's and Helm's SDKs (PyPI) check the
 # observability files.
 deps:
+	@command -v socat >/dev/null && command -v openssl >/dev/null || { \
+	  echo "installing socat and openssl (Debian packages: the Kafka TLS test's terminator and certificates)" >&2; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends socat openssl >/dev/null; }
 	@command -v prometheus >/dev/null || { \
 	  echo "installing prometheus (Debian package)" >&2; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \

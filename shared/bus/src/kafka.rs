@@ -538,4 +538,20 @@ mod tests {
         assert_eq!(config.get("linger.ms"), Some("50"));
         assert_eq!(config.get("acks"), Some("all"));
     }
+
+    #[test]
+    fn tls_and_scram_are_built_in() {
+        // librdkafka built without OpenSSL refuses these settings when the
+        // client is made ("OpenSSL not available at build time").
+        let mut settings = KafkaSettings::default();
+        for (key, value) in [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "chexvision"),
+            ("sasl.password", "secret"),
+        ] {
+            settings.properties.insert(key.into(), value.into());
+        }
+        KafkaBus::connect("127.0.0.1:1", &settings).expect("a SASL_SSL client");
+    }
 }
