@@ -1236,8 +1236,17 @@ fn jpeg_first_frame(items: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Sample precision from the first start-of-frame marker, if found.
-fn jpeg_precision(jpeg: &[u8]) -> Option<u8> {
+/// What a JPEG frame header (its first start-of-frame marker) declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct JpegFrameHeader {
+    precision: u8,
+    width: u32,
+    height: u32,
+}
+
+/// The first start-of-frame marker's header, if one comes before the
+/// first scan.
+fn jpeg_frame_header(jpeg: &[u8]) -> Option<JpegFrameHeader> {
     let mut at = 2usize;
     loop {
         if jpeg.get(at) != Some(&0xFF) {
@@ -1247,7 +1256,17 @@ fn jpeg_precision(jpeg: &[u8]) -> Option<u8> {
         match marker {
             0xFF => at += 1,
             0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
-                return jpeg.get(at + 4).copied();
+                // FFCn, length (2), precision (1), lines (2), samples per line (2).
+                let field = |offset: usize| -> Option<u32> {
+                    Some(u32::from(u16::from_be_bytes(
+                        jpeg.get(at + offset..at + offset + 2)?.try_into().ok()?,
+                    )))
+                };
+                return Some(JpegFrameHeader {
+                    precision: *jpeg.get(at + 4)?,
+                    height: field(5)?,
+                    width: field(7)?,
+                });
             }
             0xD8 | 0x01 | 0xD0..=0xD7 => at += 2,
             0xD9 | 0xDA => return None,
@@ -1272,9 +1291,22 @@ fn decode_jpeg_frame(
             "the first Pixel Data fragment is not a JPEG stream (no start-of-image marker)",
         ));
     }
-    if let Some(precision) = jpeg_precision(&jpeg).filter(|&p| p != 8) {
+    // The frame header is checked before anything is decoded: a few bytes
+    // declaring a frame far larger than Rows × Columns would otherwise cost
+    // the decoder's buffers for the declared size before the mismatch shows.
+    let header = jpeg_frame_header(&jpeg).ok_or_else(|| {
+        corrupt("JPEG frame: no frame header (start-of-frame marker) before the first scan")
+    })?;
+    if header.precision != 8 {
         return Err(unsupported(format!(
-            "JPEG frame with {precision}-bit samples is not supported (8-bit is)"
+            "JPEG frame with {}-bit samples is not supported (8-bit is)",
+            header.precision
+        )));
+    }
+    if (header.width, header.height) != (layout.width, layout.height) {
+        return Err(corrupt(format!(
+            "JPEG frame header declares {}x{}, but Rows × Columns is {}x{}",
+            header.width, header.height, layout.width, layout.height
         )));
     }
     let dynamic = decode_dynamic(&jpeg, ImageFormat::Jpeg, limits).map_err(|e| match e {

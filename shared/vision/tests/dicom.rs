@@ -217,6 +217,44 @@ fn huge_rows_and_columns_are_refused_before_allocating() {
 }
 
 #[test]
+fn a_jpeg_frame_larger_than_rows_and_columns_is_refused_before_decoding() {
+    // The baseline fixture (64 x 48) with its frame header declaring
+    // 5,000 x 4,000: within the pixel limit, so only the comparison with
+    // Rows × Columns stops it, and before the decoder allocates for it.
+    let mut file = dicom("mono2_u8_jpeg_baseline");
+    let sof = file
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("a baseline start-of-frame marker");
+    assert_eq!(&file[sof + 5..sof + 9], &[0, 48, 0, 64], "48 lines of 64");
+    file[sof + 5..sof + 9].copy_from_slice(&[0x0F, 0xA0, 0x13, 0x88]);
+    let (result, largest) = with_largest_allocation(|| decode(&file));
+    match result {
+        Err(VisionError::Corrupt { format, detail }) => {
+            assert_eq!(format, "DICOM");
+            assert!(
+                detail
+                    .contains("JPEG frame header declares 5000x4000, but Rows × Columns is 64x48"),
+                "{detail}"
+            );
+        }
+        other => panic!("want Corrupt, got {other:?}"),
+    }
+    // 5,000 x 4,000 8-bit samples would be 20 MB.
+    assert!(largest < 1 << 20, "largest allocation {largest} bytes");
+
+    // No frame header before the scan: corrupt, said so.
+    let mut headless = dicom("mono2_u8_jpeg_baseline");
+    headless[sof + 1] = 0xFE; // a comment marker (COM) instead of SOF0
+    match decode(&headless) {
+        Err(VisionError::Corrupt { detail, .. }) => {
+            assert!(detail.contains("no frame header"), "{detail}")
+        }
+        other => panic!("want Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
 fn element_claiming_gigabytes_allocates_nothing_of_the_kind() {
     // An OB element declaring 0xFFFFFFF0 bytes with 8 present (a general
     // DICOM parser may allocate the declared length first).
