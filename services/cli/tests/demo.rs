@@ -2,7 +2,8 @@
 //! and one epoch: every stage reports, the evaluation table is printed, the
 //! web page and the API answer with the promoted version; a second run
 //! finds the model in production and serves at once. The embedded default
-//! (a folder store, the in-process bus): no server needed.
+//! (a folder store, the in-process bus): no server needed; and the same
+//! demo with `--store s3://…` and `--bus kafka://…` on the local stack.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -22,10 +23,15 @@ struct Demo {
 
 impl Demo {
     fn start(store: &str, address: SocketAddr) -> Demo {
+        Demo::start_on(store, "memory://", &[], address)
+    }
+
+    fn start_on(store: &str, bus: &str, env: &[(String, String)], address: SocketAddr) -> Demo {
         let mut child = chexvision()
             .current_dir(repo_file(""))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("CHEXVISION_LOG__LEVEL", "error")
-            .args(["--store", store, "--bus", "memory://", "demo"])
+            .args(["--store", store, "--bus", bus, "demo"])
             .args(["--rows", "400", "--epochs", "1", "--quiet"])
             .args(["--bind", &address.to_string()])
             .stdout(Stdio::piped())
@@ -152,5 +158,55 @@ fn the_demo_trains_evaluates_promotes_and_serves_then_serves_at_once() {
     assert!(output.contains("is in production"), "{output}");
     assert!(!output.contains("[1/6]"), "{output}");
     again.ready(address);
+    assert_eq!(predict(address, &png)["model"]["version"], version.as_str());
+}
+
+#[test]
+fn the_same_demo_runs_on_the_local_kafka_broker_and_s3_server() {
+    let Some(common::Stack { config, bucket }) = common::stack() else {
+        return;
+    };
+    let unique = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    // Topics of its own, so nothing another run left on the broker is read.
+    let topics = common::topic_env(
+        "demo",
+        &unique,
+        &[
+            "INGEST_REQUESTS",
+            "SHARDS_RAW",
+            "SHARDS_READY",
+            "DATASETS",
+            "TRAINING_REQUESTS",
+            "CHECKPOINTS",
+            "EVALUATIONS",
+            "MODELS_PROMOTED",
+            "PREDICTIONS",
+            "FEEDBACK",
+            "DEAD_LETTER",
+        ],
+    );
+    let store = format!("s3://{bucket}/e2e-demo-{unique}");
+    let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut demo = Demo::start_on(&store, &config.bus, &topics, address);
+    let output = demo.until("the web page:", Duration::from_secs(600));
+    for stage in ["[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"] {
+        assert!(output.contains(stage), "{stage} missing:\n{output}");
+    }
+    assert!(output.contains(&store), "the report in S3:\n{output}");
+    let version = output
+        .lines()
+        .find_map(|l| l.strip_prefix("model "))
+        .and_then(|l| l.split(':').next())
+        .expect("the evaluation table names the model")
+        .to_owned();
+    demo.ready(address);
+    let samples = tempfile::tempdir().unwrap();
+    let status = chexvision()
+        .args(["synth", "--rows", "1", "--size", "128", "--quiet", "--out"])
+        .arg(samples.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let png = std::fs::read(samples.path().join("images/00000001_000.png")).unwrap();
     assert_eq!(predict(address, &png)["model"]["version"], version.as_str());
 }
