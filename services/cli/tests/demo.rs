@@ -168,23 +168,7 @@ fn the_same_demo_runs_on_the_local_kafka_broker_and_s3_server() {
     };
     let unique = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     // Topics of its own, so nothing another run left on the broker is read.
-    let topics = common::topic_env(
-        "demo",
-        &unique,
-        &[
-            "INGEST_REQUESTS",
-            "SHARDS_RAW",
-            "SHARDS_READY",
-            "DATASETS",
-            "TRAINING_REQUESTS",
-            "CHECKPOINTS",
-            "EVALUATIONS",
-            "MODELS_PROMOTED",
-            "PREDICTIONS",
-            "FEEDBACK",
-            "DEAD_LETTER",
-        ],
-    );
+    let topics = common::topic_env("demo", &unique, &common::TOPICS);
     let store = format!("s3://{bucket}/e2e-demo-{unique}");
     let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut demo = Demo::start_on(&store, &config.bus, &topics, address);

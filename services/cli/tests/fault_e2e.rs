@@ -41,20 +41,6 @@ use common::{
     TopicReader,
 };
 
-const TOPICS: [&str; 11] = [
-    "INGEST_REQUESTS",
-    "SHARDS_RAW",
-    "SHARDS_READY",
-    "DATASETS",
-    "TRAINING_REQUESTS",
-    "CHECKPOINTS",
-    "EVALUATIONS",
-    "MODELS_PROMOTED",
-    "PREDICTIONS",
-    "FEEDBACK",
-    "DEAD_LETTER",
-];
-
 const ROWS: u64 = 400;
 const EPOCHS: u32 = 3;
 const OUTAGE: Duration = Duration::from_secs(30);
@@ -280,7 +266,7 @@ async fn the_flow_survives_killed_services_a_broker_restart_and_an_s3_outage() {
     let started = Instant::now();
 
     let unique = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-    let mut env = topic_env("fault", &unique, &TOPICS);
+    let mut env = topic_env("fault", &unique, &common::TOPICS);
     env.extend(stack.client_env.iter().cloned());
     // The keys of this stack's S3 server, over any in the test's own
     // environment (the shared stack's, under `make test`).
@@ -316,7 +302,7 @@ async fn the_flow_survives_killed_services_a_broker_restart_and_an_s3_outage() {
     let topic = |name: &str| topic_of(&env, name);
     let bus: Arc<dyn Bus> = chexvision_bus::connect(&config.bus, &config.kafka).unwrap();
     bus.create_topics(
-        &TOPICS
+        &common::TOPICS
             .iter()
             .map(|t| TopicSpec::new(topic(t), 1))
             .collect::<Vec<_>>(),

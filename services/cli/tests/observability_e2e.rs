@@ -37,20 +37,6 @@ use common::{
     Prometheus, Service, TopicReader,
 };
 
-const TOPICS: [&str; 11] = [
-    "INGEST_REQUESTS",
-    "SHARDS_RAW",
-    "SHARDS_READY",
-    "DATASETS",
-    "TRAINING_REQUESTS",
-    "CHECKPOINTS",
-    "EVALUATIONS",
-    "MODELS_PROMOTED",
-    "PREDICTIONS",
-    "FEEDBACK",
-    "DEAD_LETTER",
-];
-
 /// Images sent to the served model, and how many come with a study reference.
 const PREDICTIONS: usize = 110;
 const WITH_STUDY: usize = 100;
@@ -108,7 +94,7 @@ async fn every_dashboard_and_alert_query_returns_data_after_a_short_flow() {
         return;
     };
     let unique = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-    let mut env = topic_env("obs", &unique, &TOPICS);
+    let mut env = topic_env("obs", &unique, &common::TOPICS);
     env.push((
         "CHEXVISION_STORE".into(),
         format!("s3://{bucket}/e2e-obs-{unique}"),
@@ -116,7 +102,7 @@ async fn every_dashboard_and_alert_query_returns_data_after_a_short_flow() {
     let topic = |name: &str| topic_of(&env, name);
     let bus: Arc<dyn Bus> = chexvision_bus::connect(&config.bus, &config.kafka).unwrap();
     bus.create_topics(
-        &TOPICS
+        &common::TOPICS
             .iter()
             .map(|t| {
                 TopicSpec::new(

@@ -23,6 +23,21 @@ pub fn chexvision() -> Command {
     Command::new(env!("CARGO_BIN_EXE_chexvision"))
 }
 
+/// Every platform topic, by its `CHEXVISION_TOPICS__{NAME}` name.
+pub const TOPICS: [&str; 11] = [
+    "INGEST_REQUESTS",
+    "SHARDS_RAW",
+    "SHARDS_READY",
+    "DATASETS",
+    "TRAINING_REQUESTS",
+    "CHECKPOINTS",
+    "EVALUATIONS",
+    "MODELS_PROMOTED",
+    "PREDICTIONS",
+    "FEEDBACK",
+    "DEAD_LETTER",
+];
+
 /// `CHEXVISION_TOPICS__{NAME}` for each of `names`, every topic of its own
 /// (`test.e2e.{suite}.{name}.{unique}`), so runs never read each other's.
 pub fn topic_env(suite: &str, unique: &str, names: &[&str]) -> Vec<(String, String)> {
