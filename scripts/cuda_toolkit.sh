@@ -5,6 +5,8 @@
 # link uses a stub and a GPU node provides the real one at run time).
 #
 #   eval "$(scripts/cuda_toolkit.sh)"     # installs once, prints the env
+#   scripts/cuda_toolkit.sh --download    # only the wheels (CI fetches them
+#                                         # in the background while it compiles)
 #
 # Cached in $CHEXVISION_CUDA_DIR (default ~/.cache/chexvision/cuda13).
 set -euo pipefail
@@ -19,6 +21,7 @@ if [[ ! -x $TK/bin/nvcc ]]; then
     "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-cccl==13.0.*" "nvidia-cuda-nvrtc==13.0.*" \
     "nvidia-cublas<13.1" "nvidia-curand<10.4.1" >&2
 fi
+[[ ${1:-} == --download ]] && exit 0
 
 # Unversioned names for the linker, as a CUDA install has them.
 mkdir -p "$TK/lib64"

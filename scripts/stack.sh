@@ -100,7 +100,13 @@ install_tools() {
   if ! command -v garage >/dev/null; then
     log "installing garage $GARAGE_VERSION (cargo install)..."
     need_cargo
-    cheap_install garage --version "$GARAGE_VERSION"
+    # Only what the stack uses: the LMDB metadata engine (garage.toml) and
+    # no SQLite engine, K2V API or metrics exporter. With Debian's libsodium
+    # and zstd (libsodium-dev, libzstd-dev) it links those instead of
+    # configuring and compiling its bundled copies.
+    local features=lmdb
+    pkg-config --exists libsodium libzstd 2>/dev/null && features=lmdb,system-libs
+    cheap_install garage --version "$GARAGE_VERSION" --no-default-features --features "$features"
   fi
   log "tools: $(quiet_tansu --version 2>/dev/null | head -n1), $(RUST_LOG=off garage --version 2>/dev/null | head -n1)"
 }
