@@ -2,11 +2,49 @@
 """Regenerate the DICOM fixtures of shared/vision (chexvision-vision).
 
 Usage (Python 3.11):
-    pip install pydicom numpy Pillow pylibjpeg pylibjpeg-libjpeg
-    python3 scripts/make_dicom_fixtures.py
+    pip install "pydicom>=3" numpy Pillow pylibjpeg pylibjpeg-libjpeg \
+        pylibjpeg-openjpeg pyjpegls imagecodecs
+    python3 scripts/make_dicom_fixtures.py             # every fixture
+    python3 scripts/make_dicom_fixtures.py --only-new  # the second set only
+
+Versions last used (the committed files are byte-identical when rerun with
+them): pydicom 3.0.2, numpy 2.4.6, Pillow 13.0.0 (libjpeg-turbo, OpenJPEG
+2.5.4), pylibjpeg 2.1.0, pylibjpeg-libjpeg 2.5.0, pylibjpeg-openjpeg 2.6.0
+(bundles OpenJPEG 2.5.2), pyjpegls 1.5.1 (bundles CharLS 2.4.2),
+imagecodecs 2026.3.6 (OpenJPEG 2.5.4, CharLS 2.4.3, libjpeg-turbo 3.1.3).
+A newer encoder may write other bytes; --only-new then leaves the first
+set untouched.
 
 (pylibjpeg-libjpeg only lets pydicom read back the JPEG Lossless file, as a
 check of the small encoder below; without it that check is skipped.)
+
+Second set (--only-new writes just these): the JPEG 2000 frames are
+written by pydicom's Dataset.compress() with the pylibjpeg-openjpeg plugin
+(raw J2K codestreams, 5 decomposition levels, one quality layer; lossless:
+5-3 reversible wavelet; lossy 1.2.840.10008.1.2.4.91: 9-7 irreversible,
+j2k_cr=[6], which OpenJPEG counts against the 12-bit precision, so about
+8:1 against the 16-bit native size), the JPEG-LS frames by compress() with
+pyjpegls (CharLS; near-lossless with jls_error = NEAR = 2), and the RGB
+JPEG baseline frame by Pillow with keep_rgb=True (libjpeg-turbo: Adobe
+APP14 with transform 0, component ids 'R' 'G' 'B', no JFIF APP0, 4:4:4).
+pydicom leaves the Lossy Image Compression attributes to the caller; they
+are set here (01, ratio of native size to frame size, ISO_15444_1 /
+ISO_14495_1 / ISO_10918_1). Lossless files: the PNG follows from the values
+written, and pydicom's decoding with the named plugin (no fallback) must
+give exactly those values, as must imagecodecs' and Pillow's where they
+can decode the frame. Lossy files (j2k_lossy, jpegls_near,
+jpeg_baseline_rgb): the PNG is the same 8-bit mapping applied to the
+decoded values: pydicom + pylibjpeg-openjpeg for JPEG 2000 (imagecodecs'
+and Pillow's OpenJPEG 2.5.4 agree exactly), pydicom + pyjpegls for JPEG-LS
+(imagecodecs' CharLS agrees; near-lossless reconstruction is exact by ISO
+14495-1), Pillow for the RGB JPEG (imagecodecs agrees exactly,
+pylibjpeg-libjpeg within 1). JPEG 2000 RGB uses the reversible colour
+transform (MCT = 1 in COD), so its Photometric Interpretation is YBR_RCT
+as PS3.5 8.2.4 requires; decoders undo the RCT and give RGB.
+ybr_full_422_u8_native is a valid native YBR_FULL_422 file (Y1 Y2 Cb Cr per
+pair of pixels, rows * cols * 2 bytes; pydicom decodes it) with no expected
+PNG: the decoder's output is its Y plane, which the Rust test reads from
+the file itself.
 
 Writes small X-ray-like DICOM files into shared/vision/tests/fixtures/dicom/
 and, for each decodable one, NAME.png: the 8-bit grayscale the decoder must
@@ -28,9 +66,11 @@ pydicom writes the files (and RLE-encodes with its own encoder); after
 writing, each file's pixel_array as pydicom decodes it is checked against
 the values meant to be stored, so the files are what they claim to be.
 Everything is seeded: the same pydicom/numpy/Pillow versions give the same
-bytes. The JPEG 2000 file holds garbage on purpose (unsupported-syntax
-test) and has no expected PNG.
+bytes. The file unsupported_jpeg2000 holds garbage under the JPEG 2000
+Lossless syntax on purpose (it was the unsupported-syntax test; with JPEG
+2000 supported it is a corrupt frame) and has no expected PNG.
 """
+import argparse
 from io import BytesIO
 from pathlib import Path
 
@@ -38,10 +78,13 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    JPEG2000,
     JPEG2000Lossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
     JPEGLosslessSV1,
     JPEGBaseline8Bit,
     ExplicitVRLittleEndian,
@@ -242,11 +285,8 @@ def save(ds: Dataset, name: str, expected_stored=None, expected=None) -> None:
         Image.fromarray(expected, mode="L").save(OUT / f"{name}.png", optimize=True)
 
 
-def main() -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    for old in OUT.glob("*"):
-        old.unlink()
-
+def original_fixtures() -> None:
+    """The first fixture set (native, RLE, JPEG baseline / lossless)."""
     # 1. MONOCHROME2, 16 bits allocated, 12 stored, windowed (two windows:
     #    the first is used). Random garbage in the 4 unused high bits, which
     #    the decoder must mask off.
@@ -426,14 +466,446 @@ def main() -> None:
     ds["PixelData"].VR = "OB"
     save(ds, "mono2_u16_bs12_jpeg_lossless", stored, reference(stored, win=(2000, 3500)))
 
-    # 14. JPEG 2000 Lossless transfer syntax with a garbage payload:
-    #     must be refused as unsupported, by name.
+    # 14. JPEG 2000 Lossless transfer syntax with a garbage payload: once
+    #     refused as unsupported, now a corrupt frame, named so.
     ds = base_dataset(14, JPEG2000Lossless, HEIGHT, WIDTH)
     set_bits(ds, 16, 16, False)
     garbage = np.random.default_rng(14).integers(0, 256, size=96, dtype=np.uint8)
     ds.PixelData = encapsulate([garbage.tobytes()])
     ds["PixelData"].VR = "OB"
     save(ds, "unsupported_jpeg2000")
+
+
+
+# ---------------------------------------------------------------------------
+# Second set: JPEG 2000, JPEG-LS, JPEG baseline RGB without colour
+# transform, and a native YBR_FULL_422 file (decoded to its Y plane). Encoded by
+# pydicom's compress() with its plugins (pylibjpeg-openjpeg for JPEG 2000,
+# pyjpegls for JPEG-LS) and by Pillow (JPEG RGB); checked against other
+# decoders where one is installed (imagecodecs, Pillow, pylibjpeg-libjpeg).
+
+
+# pydicom's decoding plugins that give the reference decodings.
+J2K_PLUGIN = "pylibjpeg"  # pylibjpeg-openjpeg
+JLS_PLUGIN = "pyjpegls"
+
+
+def frame_of(path: Path) -> bytes:
+    """The first (only) encapsulated frame of a file."""
+    ds = pydicom.dcmread(path)
+    return next(generate_frames(ds.PixelData, number_of_frames=1))
+
+
+def decoded(path: Path, plugin: str) -> np.ndarray:
+    """pydicom's decoding of the file with one named decoding plugin (no
+    fallback: a missing plugin is an error, not a skipped check)."""
+    ds = pydicom.dcmread(path)
+    ds.pixel_array_options(decoding_plugin=plugin)
+    return ds.pixel_array
+
+
+def check_lossless(name: str, plugin: str, want: np.ndarray) -> None:
+    got = decoded(OUT / f"{name}.dcm", plugin)
+    if not np.array_equal(got.astype(np.int64), want.astype(np.int64)):
+        raise SystemExit(f"{name}: pydicom ({plugin}) reads back different pixel values")
+
+
+def j2k_header(cs: bytes) -> dict:
+    """SIZ and COD of a JPEG 2000 codestream (ISO 15444-1 A.5.1, A.6.1)."""
+    if cs[:4] != b"\xFF\x4F\xFF\x51":
+        raise SystemExit("not a raw JPEG 2000 codestream (SOC, SIZ)")
+    info, i = {}, 2
+    while i + 4 <= len(cs):
+        marker, length = int.from_bytes(cs[i:i + 2], "big"), int.from_bytes(cs[i + 2:i + 4], "big")
+        seg = cs[i + 4:i + 2 + length]
+        if marker == 0xFF51:
+            info["size"] = (int.from_bytes(seg[2:6], "big"), int.from_bytes(seg[6:10], "big"))
+            ncomp = int.from_bytes(seg[34:36], "big")
+            ssiz = seg[36:36 + 3 * ncomp:3]
+            info["components"] = ncomp
+            info["precision"] = [(s & 0x7F) + 1 for s in ssiz]
+            info["signed"] = [bool(s & 0x80) for s in ssiz]
+        elif marker == 0xFF52:
+            info["layers"] = int.from_bytes(seg[2:4], "big")
+            info["mct"] = seg[4]
+            info["levels"] = seg[5]
+            info["wavelet"] = "5-3 reversible" if seg[9] == 1 else "9-7 irreversible"
+        elif marker == 0xFF90:  # first tile part: the main header is over
+            break
+        i += 2 + length
+    return info
+
+
+def jpeg_segments(data: bytes) -> list[tuple[int, bytes]]:
+    """(marker, payload) of a JPEG / JPEG-LS stream up to its first SOS."""
+    out, i = [], 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            raise SystemExit(f"JPEG: no marker at {i}")
+        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+        out.append((marker, data[i + 4:i + 2 + length]))
+        if marker == 0xDA:
+            break
+        i += 2 + length
+    return out
+
+
+def set_lossy(ds: Dataset, frame: bytes, method: str) -> float:
+    """Lossy Image Compression attributes (PS3.3 C.7.6.1.1.5), which
+    pydicom's compress() leaves to the caller."""
+    ratio = ds.Rows * ds.Columns * ds.SamplesPerPixel * ds.BitsAllocated / 8 / len(frame)
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionRatio = f"{ratio:.2f}"
+    ds.LossyImageCompressionMethod = method
+    return ratio
+
+
+def other_decoders(name: str, frame: bytes, kind: str) -> dict[str, np.ndarray]:
+    """Decodings of a frame by decoders other than pydicom's plugins, where
+    installed: imagecodecs (OpenJPEG / CharLS / libjpeg-turbo, other builds
+    than the pydicom plugins') and Pillow (OpenJPEG, libjpeg-turbo)."""
+    out = {}
+    try:
+        import imagecodecs
+
+        fn = {"j2k": imagecodecs.jpeg2k_decode, "jls": imagecodecs.jpegls_decode,
+              "jpeg": imagecodecs.jpeg8_decode}[kind]
+        out[f"imagecodecs {imagecodecs.__version__}"] = np.asarray(fn(frame))
+    except ImportError:
+        print(f"{name}: imagecodecs not installed, cross-check skipped")
+    if kind in ("j2k", "jpeg"):
+        img = Image.open(BytesIO(frame))
+        img.load()
+        arr = np.asarray(img)
+        if kind == "j2k" and img.mode == "I;16":
+            # Pillow scales samples of fewer bits up to 16 (v << (16 - p)).
+            shift = 16 - j2k_header(frame)["precision"][0]
+            if np.any(arr & ((1 << shift) - 1)):
+                raise SystemExit(f"{name}: Pillow's 16-bit samples are not v << {shift}")
+            arr = arr >> shift
+        out[f"Pillow {Image.__version__}"] = arr
+    return out
+
+
+def report_diffs(name: str, ref: np.ndarray, others: dict[str, np.ndarray],
+                 to8=None) -> None:
+    for who, arr in others.items():
+        if arr.shape != ref.shape:
+            raise SystemExit(f"{name}: {who} decodes shape {arr.shape}, want {ref.shape}")
+        d = np.abs(arr.astype(np.int64) - ref.astype(np.int64)).max()
+        line = f"{name}: {who} vs pydicom: max abs diff {d} (decoded values)"
+        if to8 is not None:
+            d8 = np.abs(to8(arr).astype(np.int64) - to8(ref).astype(np.int64)).max()
+            line += f", {d8} after the 8-bit mapping"
+        print(line)
+
+
+def new_fixtures() -> None:
+    # 15. JPEG 2000 Lossless, 16 allocated / 12 stored, window.
+    name = "mono2_u16_bs12_j2k_lossless"
+    stored = scaled(xray_field(WIDTH, HEIGHT, 15), 150, 3900)
+    ds = base_dataset(15, ExplicitVRLittleEndian, HEIGHT, WIDTH)
+    set_bits(ds, 16, 12, False)
+    ds.WindowCenter = 1900
+    ds.WindowWidth = 2800
+    ds.PixelData = native_bytes(stored, 16)
+    ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg", generate_instance_uid=False)
+    save(ds, name, None, reference(stored, win=(1900, 2800)))
+    check_lossless(name, J2K_PLUGIN, stored)
+    frame = frame_of(OUT / f"{name}.dcm")
+    print(f"{name}: {j2k_header(frame)}")
+    for who, arr in other_decoders(name, frame, "j2k").items():
+        if not np.array_equal(arr.astype(np.int64), stored):
+            raise SystemExit(f"{name}: {who} decodes different values")
+
+    # 16. JPEG 2000 (lossy, 9-7 irreversible wavelet), compression ratio
+    #     6, same layout: expected from pydicom's (OpenJPEG) decoding.
+    name = "mono2_u16_bs12_j2k_lossy"
+    stored = scaled(xray_field(WIDTH, HEIGHT, 16), 150, 3900)
+    ds = base_dataset(16, ExplicitVRLittleEndian, HEIGHT, WIDTH)
+    set_bits(ds, 16, 12, False)
+    ds.WindowCenter = 1900
+    ds.WindowWidth = 2800
+    ds.PixelData = native_bytes(stored, 16)
+    ds.compress(JPEG2000, encoding_plugin="pylibjpeg", generate_instance_uid=False,
+                j2k_cr=[6])
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ratio = set_lossy(ds, frame, "ISO_15444_1")
+    ds.save_as(OUT / f"{name}.dcm", enforce_file_format=True)
+    got = decoded(OUT / f"{name}.dcm", J2K_PLUGIN)
+    err = np.abs(got.astype(np.int64) - stored)
+    print(f"{name}: ratio {ratio:.2f}, {j2k_header(frame)}, vs original: max abs "
+          f"{err.max()}, PSNR {psnr(stored, got, 4095):.1f} dB")
+    if err.max() == 0:
+        raise SystemExit(f"{name}: not lossy")
+    to8 = lambda a: reference(a, win=(1900, 2800))  # noqa: E731
+    save(ds, name, None, to8(got))
+    report_diffs(name, got, other_decoders(name, frame, "j2k"), to8)
+
+    # 17. JPEG 2000 Lossless, CT-like: 16-bit signed, rescale, window.
+    name = "mono2_s16_j2k_lossless_rescale"
+    stored = scaled(xray_field(WIDTH, HEIGHT, 17), -200, 2400)
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
+    stored[(xx - WIDTH / 2) ** 2 + (yy - HEIGHT / 2) ** 2 > (WIDTH * 0.55) ** 2] = -2000
+    ds = base_dataset(17, ExplicitVRLittleEndian, HEIGHT, WIDTH)
+    set_bits(ds, 16, 16, True)
+    ds.Modality = "CT"
+    ds.RescaleSlope = 1
+    ds.RescaleIntercept = -1024
+    ds.RescaleType = "HU"
+    ds.WindowCenter = -400
+    ds.WindowWidth = 1500
+    ds.PixelData = native_bytes(stored, 16)
+    ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg", generate_instance_uid=False)
+    save(ds, name, None, reference(stored, slope=1.0, intercept=-1024.0, win=(-400, 1500)))
+    check_lossless(name, J2K_PLUGIN, stored)
+    frame = frame_of(OUT / f"{name}.dcm")
+    print(f"{name}: {j2k_header(frame)}")
+    for who, arr in other_decoders(name, frame, "j2k").items():
+        if who.startswith("Pillow"):
+            continue  # Pillow has no signed 16-bit grey mode
+        if not np.array_equal(arr.astype(np.int64), stored):
+            raise SystemExit(f"{name}: {who} decodes different values")
+
+    # 18. JPEG 2000 Lossless, 8-bit, no window: min-max.
+    name = "mono2_u8_j2k_lossless"
+    stored = scaled(xray_field(WIDTH, HEIGHT, 18), 10, 245)
+    ds = base_dataset(18, ExplicitVRLittleEndian, HEIGHT, WIDTH)
+    set_bits(ds, 8, 8, False)
+    ds.PixelData = native_bytes(stored, 8)
+    ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg", generate_instance_uid=False)
+    save(ds, name, None, reference(stored))
+    check_lossless(name, J2K_PLUGIN, stored)
+    frame = frame_of(OUT / f"{name}.dcm")
+    print(f"{name}: {j2k_header(frame)}")
+    for who, arr in other_decoders(name, frame, "j2k").items():
+        if not np.array_equal(arr.astype(np.int64), stored):
+            raise SystemExit(f"{name}: {who} decodes different values")
+
+    # 19. JPEG 2000 Lossless, RGB 8-bit through the reversible colour
+    #     transform (MCT = 1 in COD): Photometric Interpretation YBR_RCT,
+    #     as PS3.5 8.2.4 requires. 64x48: the encoder's 5 decomposition
+    #     levels need at least 32 pixels each way (32x24 fails to encode).
+    name = "rgb_u8_j2k_lossless"
+    w, h = WIDTH, HEIGHT
+    rgb = colour_field(w, h, 19)
+    ds = base_dataset(19, ExplicitVRLittleEndian, h, w)
+    set_bits(ds, 8, 8, False)
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "YBR_RCT"  # the value after encoding
+    ds.PlanarConfiguration = 0
+    ds.PixelData = rgb.tobytes()  # RGB samples: the encoder applies the RCT
+    ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg", generate_instance_uid=False)
+    save(ds, name, None, luma(rgb))
+    check_lossless(name, J2K_PLUGIN, rgb)
+    frame = frame_of(OUT / f"{name}.dcm")
+    info = j2k_header(frame)
+    print(f"{name}: {info}")
+    if info["mct"] != 1 or info["wavelet"] != "5-3 reversible":
+        raise SystemExit(f"{name}: want the RCT (MCT 1) and the 5-3 wavelet")
+    for who, arr in other_decoders(name, frame, "j2k").items():
+        if not np.array_equal(arr.astype(np.int64), rgb):
+            raise SystemExit(f"{name}: {who} decodes different values")
+
+    # 20. JPEG-LS Lossless, 16 allocated / 12 stored, window.
+    name = "mono2_u16_bs12_jpegls_lossless"
+    stored = scaled(xray_field(WIDTH, HEIGHT, 20), 150, 3900)
+    ds = base_dataset(20, ExplicitVRLittleEndian, HEIGHT, WIDTH)
+    set_bits(ds, 16, 12, False)
+    ds.WindowCenter = 2000
+    ds.WindowWidth = 3000
+    ds.PixelData = native_bytes(stored, 16)
+    ds.compress(JPEGLSLossless, encoding_plugin="pyjpegls", generate_instance_uid=False)
+    save(ds, name, None, reference(stored, win=(2000, 3000)))
+    check_lossless(name, JLS_PLUGIN, stored)
+    frame = frame_of(OUT / f"{name}.dcm")
+    print(f"{name}: {jpegls_header(frame)}")
+    for who, arr in other_decoders(name, frame, "jls").items():
+        if not np.array_equal(arr.astype(np.int64), stored):
+            raise SystemExit(f"{name}: {who} decodes different values")
+
+    # 21. JPEG-LS Near-Lossless, NEAR = 2: every decoded value within 2 of
+    #     the original; the reconstruction is exactly defined by ISO 14495-1,
+    #     so every conforming decoder gives the same values.
+    name = "mono2_u16_bs12_jpegls_near"
+    near = 2
+    stored = scaled(xray_field(WIDTH, HEIGHT, 21), 150, 3900)
+    ds = base_dataset(21, ExplicitVRLittleEndian, HEIGHT, WIDTH)
+    set_bits(ds, 16, 12, False)
+    ds.WindowCenter = 1700
+    ds.WindowWidth = 1400  # gain ~0.18 per unit: errors of 2 show in 8 bits
+    ds.PixelData = native_bytes(stored, 16)
+    ds.compress(JPEGLSNearLossless, encoding_plugin="pyjpegls", generate_instance_uid=False,
+                jls_error=near)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ratio = set_lossy(ds, frame, "ISO_14495_1")
+    ds.save_as(OUT / f"{name}.dcm", enforce_file_format=True)
+    got = decoded(OUT / f"{name}.dcm", JLS_PLUGIN)
+    err = np.abs(got.astype(np.int64) - stored)
+    hdr = jpegls_header(frame)
+    print(f"{name}: ratio {ratio:.2f}, {hdr}, vs original: max abs {err.max()}")
+    if err.max() == 0 or err.max() > near or hdr["near"] != near:
+        raise SystemExit(f"{name}: errors {err.max()}, NEAR {hdr['near']}")
+    to8 = lambda a: reference(a, win=(1700, 1400))  # noqa: E731
+    if np.array_equal(to8(got), to8(stored)):
+        raise SystemExit(f"{name}: the loss does not show after the window")
+    save(ds, name, None, to8(got))
+    report_diffs(name, got, other_decoders(name, frame, "jls"), to8)
+
+    # 22. JPEG-LS Lossless, 8-bit, window.
+    name = "mono2_u8_jpegls_lossless"
+    stored = scaled(xray_field(WIDTH, HEIGHT, 22), 10, 245)
+    ds = base_dataset(22, ExplicitVRLittleEndian, HEIGHT, WIDTH)
+    set_bits(ds, 8, 8, False)
+    ds.WindowCenter = 120
+    ds.WindowWidth = 200
+    ds.PixelData = native_bytes(stored, 8)
+    ds.compress(JPEGLSLossless, encoding_plugin="pyjpegls", generate_instance_uid=False)
+    save(ds, name, None, reference(stored, win=(120, 200)))
+    check_lossless(name, JLS_PLUGIN, stored)
+    frame = frame_of(OUT / f"{name}.dcm")
+    print(f"{name}: {jpegls_header(frame)}")
+    for who, arr in other_decoders(name, frame, "jls").items():
+        if not np.array_equal(arr.astype(np.int64), stored):
+            raise SystemExit(f"{name}: {who} decodes different values")
+
+    # 23. Native YBR_FULL_422 (PS3.3 C.7.6.3.1.2): per pair of pixels
+    #     Y1 Y2 Cb Cr, so Pixel Data is rows * cols * 2 bytes. No expected
+    #     PNG: the decoder keeps the Y plane, which the Rust test reads from
+    #     the file. pydicom decodes it, as a check that the file is what it
+    #     claims to be.
+    name = "ybr_full_422_u8_native"
+    rgb = colour_field(WIDTH, HEIGHT, 23).astype(np.float64)
+    y = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+    cb = 128 - 0.168736 * rgb[..., 0] - 0.331264 * rgb[..., 1] + 0.5 * rgb[..., 2]
+    cr = 128 + 0.5 * rgb[..., 0] - 0.418688 * rgb[..., 1] - 0.081312 * rgb[..., 2]
+    q = lambda a: np.clip(np.floor(a + 0.5), 0, 255).astype(np.uint8)  # noqa: E731
+    y8 = q(y)
+    cb8 = q((cb[:, 0::2] + cb[:, 1::2]) / 2)  # one Cb, Cr per pair of pixels
+    cr8 = q((cr[:, 0::2] + cr[:, 1::2]) / 2)
+    packed = np.stack([y8[:, 0::2], y8[:, 1::2], cb8, cr8], axis=-1)  # Y1 Y2 Cb Cr
+    ds = base_dataset(23, ExplicitVRLittleEndian, HEIGHT, WIDTH)
+    set_bits(ds, 8, 8, False)
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.PlanarConfiguration = 0
+    ds.PixelData = packed.tobytes()
+    if len(ds.PixelData) != WIDTH * HEIGHT * 2:
+        raise SystemExit(f"{name}: Pixel Data {len(ds.PixelData)} bytes")
+    save(ds, name)
+    back = pydicom.dcmread(OUT / f"{name}.dcm")
+    back.pixel_array_options(as_rgb=False)
+    ycc = back.pixel_array  # upsampled Y Cb Cr, pixel by pixel
+    if not (np.array_equal(ycc[..., 0], y8) and np.array_equal(ycc[:, 0::2, 1], cb8)
+            and np.array_equal(ycc[:, 1::2, 2], cr8)):
+        raise SystemExit(f"{name}: pydicom reads back different samples")
+    roundtrip = np.abs(pydicom.dcmread(OUT / f"{name}.dcm").pixel_array.astype(np.int64)
+                       - rgb.astype(np.int64)).max()
+    print(f"{name}: {len(ds.PixelData)} bytes of Pixel Data; pydicom's RGB vs the "
+          f"source RGB: max abs {roundtrip} (chroma subsampling)")
+
+    # 24. JPEG Baseline, RGB stored without colour transform: Adobe APP14
+    #     transform 0, component ids 'R' 'G' 'B', no JFIF APP0 (Pillow's
+    #     keep_rgb=True, libjpeg-turbo). Expected: luma of Pillow's
+    #     decoding (which honours APP14 transform 0).
+    name = "rgb_u8_jpeg_baseline_rgb"
+    w, h = 32, 24
+    rgb = colour_field(w, h, 24)
+    buf = BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buf, format="JPEG", quality=90,
+                                          keep_rgb=True, subsampling=0)
+    jpeg = buf.getvalue()
+    segments = jpeg_segments(jpeg)
+    app14 = [p for m, p in segments if m == 0xEE]
+    sof0 = [p for m, p in segments if m == 0xC0]
+    if any(m == 0xE0 for m, _ in segments):
+        raise SystemExit(f"{name}: has a JFIF APP0 (implies YCbCr)")
+    if len(app14) != 1 or app14[0][:5] != b"Adobe" or app14[0][11] != 0:
+        raise SystemExit(f"{name}: want one Adobe APP14 with transform 0")
+    if len(sof0) != 1 or sof0[0][5] != 3 or bytes(sof0[0][6:15:3]) != b"RGB" \
+            or set(sof0[0][7:15:3]) != {0x11}:
+        raise SystemExit(f"{name}: want a baseline frame of components R G B, 1x1")
+    samples = np.asarray(Image.open(BytesIO(jpeg)).convert("RGB"))
+    ds = base_dataset(24, JPEGBaseline8Bit, h, w)
+    set_bits(ds, 8, 8, False)
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "RGB"
+    ds.PlanarConfiguration = 0
+    ds.PixelData = encapsulate([jpeg])
+    ds["PixelData"].VR = "OB"
+    ratio = set_lossy(ds, jpeg, "ISO_10918_1")
+    want = luma(samples)
+    save(ds, name, None, want)
+    print(f"{name}: {len(jpeg)} bytes, ratio {ratio:.2f}, APP14 transform "
+          f"{app14[0][11]}, components {bytes(sof0[0][6:15:3])!r}; vs the source RGB "
+          f"max abs {np.abs(samples.astype(np.int64) - rgb).max()}")
+    others = other_decoders(name, jpeg, "jpeg")
+    for plugin in ("pylibjpeg", "pillow"):
+        try:
+            others[f"pydicom+{plugin}"] = decoded(OUT / f"{name}.dcm", plugin)
+        except (RuntimeError, ValueError) as e:
+            print(f"{name}: pydicom with {plugin}: {e.__class__.__name__}: {e}")
+    report_diffs(name, samples, others, luma)
+    # What a decoder that wrongly applies YCbCr -> RGB would show.
+    wrong = luma(ycbcr_to_rgb(samples))
+    diff = np.abs(wrong.astype(np.int64) - want.astype(np.int64))
+    print(f"{name}: wrongly YCbCr-converted vs expected: max abs diff {diff.max()}, "
+          f"mean {diff.mean():.1f}")
+    if diff.max() <= 10:
+        raise SystemExit(f"{name}: a wrong colour transform would not show")
+
+
+def colour_field(w: int, h: int, seed: int) -> np.ndarray:
+    """8-bit RGB with three unlike channels (as for rgb_u8_planar)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([
+        scaled(xray_field(w, h, seed), 0, 255),
+        scaled(xray_field(w, h, seed + 100), 20, 200),
+        rng.integers(0, 256, size=(h, w)),
+    ], axis=-1).astype(np.uint8)
+
+
+def ycbcr_to_rgb(ycc: np.ndarray) -> np.ndarray:
+    """JFIF YCbCr -> RGB (what a decoder does to a JFIF 3-component frame)."""
+    y, cb, cr = (ycc[..., i].astype(np.float64) for i in range(3))
+    rgb = np.stack([y + 1.402 * (cr - 128),
+                    y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128),
+                    y + 1.772 * (cb - 128)], axis=-1)
+    return np.clip(np.floor(rgb + 0.5), 0, 255).astype(np.uint8)
+
+
+def jpegls_header(frame: bytes) -> dict:
+    """SOF55 and SOS of a JPEG-LS stream (ISO 14495-1 C.2.2, C.2.3)."""
+    segments = jpeg_segments(frame)
+    sof = [p for m, p in segments if m == 0xF7]
+    sos = [p for m, p in segments if m == 0xDA]
+    if frame[:2] != b"\xFF\xD8" or len(sof) != 1 or len(sos) != 1:
+        raise SystemExit("not a JPEG-LS stream (SOI, SOF55, SOS)")
+    ns = sos[0][0]
+    return {"precision": sof[0][0], "size": (int.from_bytes(sof[0][3:5], "big"),
+                                              int.from_bytes(sof[0][1:3], "big")),
+            "components": sof[0][5], "near": sos[0][1 + 2 * ns],
+            "interleave": sos[0][2 + 2 * ns]}
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--only-new", action="store_true",
+        help="write only the second set (JPEG 2000, JPEG-LS, ...), leaving "
+             "the files of the first set as they are")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    if not args.only_new:
+        for old in OUT.glob("*"):
+            old.unlink()
+        original_fixtures()
+    new_fixtures()
 
     total = sum(p.stat().st_size for p in OUT.iterdir())
     for p in sorted(OUT.iterdir()):

@@ -807,7 +807,7 @@ async fn bad_requests_get_the_right_status_and_code_and_the_service_stays_up() {
         case("jpeg bomb", "/v1/predict", with("image/jpeg"), jpeg_bomb(60_000, 60_000), 422, "image_too_large"),
         case("truncated jpeg", "/v1/predict", with("image/jpeg"), jpeg[..jpeg.len() / 2].to_vec(), 422, "undecodable_image"),
         case("not an image", "/v1/predict", with("image/png"), b"GIF89a this is not a png at all".to_vec(), 422, "unsupported_image"),
-        case("dicom jpeg 2000", "/v1/predict", with("application/dicom"), dicom(64, "PA", JPEG_2000), 422, "unsupported_image"),
+        case("dicom htj2k", "/v1/predict", with("application/dicom"), dicom(64, "PA", HTJ2K), 422, "unsupported_image"),
         case("dicom lying length", "/v1/predict", with("application/dicom"), lying, 422, "undecodable_image"),
         case("dicom cut after magic", "/v1/predict", with("application/dicom"), { let mut d = vec![0u8; 128]; d.extend_from_slice(b"DICM"); d }, 422, "undecodable_image"),
         case("multipart without boundary", "/v1/predict", with("multipart/form-data"), multipart("--x\n\nabc\n--x--\n"), 400, "bad_request"),

@@ -37,7 +37,7 @@ async fn patient_identifiers_never_reach_logs_or_metrics() {
     let server = TestServer::start(settings(), true).await;
     let good = dicom(80, "PA", EXPLICIT_LE);
     let lateral = dicom(80, "LATERAL", EXPLICIT_LE);
-    let unsupported = dicom(80, "PA", JPEG_2000);
+    let unsupported = dicom(80, "PA", HTJ2K);
     let mut cut = good.clone();
     cut.truncate(good.len() - 1000);
     let dcm = [("content-type", "application/dicom")];

@@ -6,14 +6,16 @@
 //! job.
 //!
 //! For DICOM (Part 10: preamble, `DICM`, file meta group) the header is
-//! walked, element by element, to Rows (0028,0010) and Columns (0028,0011)
-//! and on to the Pixel Data element, stepping over sequences of undefined
-//! length; no value other than the transfer syntax, Rows and Columns is
-//! read. Implicit and explicit VR little endian, explicit VR big endian and
-//! every encapsulated transfer syntax can be probed; a deflated data set
-//! cannot (`Unsupported`).
+//! read with the vision crate's own walk ([`chexvision_vision::dicom_header`]):
+//! the same element checks and the same transfer syntaxes as the decoder,
+//! so what ingest accepts is what preprocess can decode, short of corrupt
+//! pixel data. A file in a transfer syntax the decoder does not support
+//! (explicit VR big endian, deflated, HTJ2K, ...) is refused here, naming
+//! the syntax.
 
 use std::fmt;
+
+use chexvision_vision::{dicom_header, has_dicom_magic, VisionError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageFormat {
@@ -53,15 +55,9 @@ pub enum ImageHeaderError {
     #[error("truncated {0} header")]
     Truncated(ImageFormat),
     #[error("{format} header is corrupt: {detail}")]
-    Corrupt {
-        format: ImageFormat,
-        detail: &'static str,
-    },
+    Corrupt { format: ImageFormat, detail: String },
     #[error("unsupported {format} file: {detail}")]
-    Unsupported {
-        format: ImageFormat,
-        detail: &'static str,
-    },
+    Unsupported { format: ImageFormat, detail: String },
     #[error("{format} header says {width}×{height} pixels")]
     BadSize {
         format: ImageFormat,
@@ -116,13 +112,13 @@ fn probe_png(bytes: &[u8]) -> Result<ImageInfo, ImageHeaderError> {
     if bytes.get(12..16).ok_or(truncated.clone())? != b"IHDR" {
         return Err(ImageHeaderError::Corrupt {
             format,
-            detail: "first chunk is not IHDR",
+            detail: "first chunk is not IHDR".into(),
         });
     }
     if be_u32(bytes, 8) != Some(13) {
         return Err(ImageHeaderError::Corrupt {
             format,
-            detail: "IHDR length is not 13",
+            detail: "IHDR length is not 13".into(),
         });
     }
     let width = be_u32(bytes, 16).ok_or(truncated.clone())?;
@@ -155,7 +151,7 @@ fn probe_jpeg(bytes: &[u8]) -> Result<ImageInfo, ImageHeaderError> {
             } else {
                 ImageHeaderError::Corrupt {
                     format,
-                    detail: "expected a marker",
+                    detail: "expected a marker".into(),
                 }
             });
         }
@@ -174,7 +170,7 @@ fn probe_jpeg(bytes: &[u8]) -> Result<ImageInfo, ImageHeaderError> {
             0xd9 | 0xda => {
                 return Err(ImageHeaderError::Corrupt {
                     format,
-                    detail: "no frame header before the image data",
+                    detail: "no frame header before the image data".into(),
                 })
             }
             // Stand-alone markers carry no length.
@@ -184,7 +180,7 @@ fn probe_jpeg(bytes: &[u8]) -> Result<ImageInfo, ImageHeaderError> {
                 if length < 2 {
                     return Err(ImageHeaderError::Corrupt {
                         format,
-                        detail: "segment length below 2",
+                        detail: "segment length below 2".into(),
                     });
                 }
                 at += 2 + usize::from(length);
@@ -193,255 +189,24 @@ fn probe_jpeg(bytes: &[u8]) -> Result<ImageInfo, ImageHeaderError> {
     }
 }
 
-const DICOM_PREAMBLE: usize = 128;
-
-/// `DICM` at byte 128, or its start when the input ends there (a cut-off
-/// DICOM file, reported as truncated).
-fn has_dicom_magic(bytes: &[u8]) -> bool {
-    match bytes.get(DICOM_PREAMBLE..) {
-        Some(rest) if !rest.is_empty() => {
-            let n = rest.len().min(4);
-            rest.get(..n) == b"DICM".get(..n)
-        }
-        _ => false,
-    }
-}
-
-/// Deepest nesting of sequences stepped over.
-const DICOM_MAX_DEPTH: u32 = 16;
-const DICOM_ROWS: u32 = 0x0028_0010;
-const DICOM_COLUMNS: u32 = 0x0028_0011;
-const DICOM_PIXEL_DATA: u32 = 0x7fe0_0010;
-const DICOM_ITEM: u32 = 0xfffe_e000;
-const DICOM_ITEM_END: u32 = 0xfffe_e00d;
-const DICOM_SEQUENCE_END: u32 = 0xfffe_e0dd;
-
-/// Element-by-element reader of a DICOM header.
-struct DicomReader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-    big_endian: bool,
-    explicit: bool,
-}
-
-struct DicomElement {
-    tag: u32,
-    vr: Option<[u8; 2]>,
-    /// `None`: undefined length.
-    len: Option<u32>,
-}
-
-const DICOM_TRUNCATED: ImageHeaderError = ImageHeaderError::Truncated(ImageFormat::Dicom);
-
-fn dicom_corrupt(detail: &'static str) -> ImageHeaderError {
-    ImageHeaderError::Corrupt {
-        format: ImageFormat::Dicom,
-        detail,
-    }
-}
-
-impl<'a> DicomReader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], ImageHeaderError> {
-        let end = self.pos.checked_add(n).ok_or(DICOM_TRUNCATED)?;
-        let slice = self.bytes.get(self.pos..end).ok_or(DICOM_TRUNCATED)?;
-        self.pos = end;
-        Ok(slice)
-    }
-
-    fn u16(&mut self) -> Result<u16, ImageHeaderError> {
-        let big_endian = self.big_endian;
-        let b = self.take(2)?;
-        let b = [b[0], b[1]];
-        Ok(if big_endian {
-            u16::from_be_bytes(b)
-        } else {
-            u16::from_le_bytes(b)
-        })
-    }
-
-    fn u32(&mut self) -> Result<u32, ImageHeaderError> {
-        let big_endian = self.big_endian;
-        let b = self.take(4)?;
-        let b = [b[0], b[1], b[2], b[3]];
-        Ok(if big_endian {
-            u32::from_be_bytes(b)
-        } else {
-            u32::from_le_bytes(b)
-        })
-    }
-
-    fn element(&mut self) -> Result<DicomElement, ImageHeaderError> {
-        let group = self.u16()?;
-        let tag = (u32::from(group) << 16) | u32::from(self.u16()?);
-        let (vr, len) = if group == 0xfffe || !self.explicit {
-            (None, self.u32()?)
-        } else {
-            let b = self.take(2)?;
-            let vr = [b[0], b[1]];
-            if !vr.iter().all(u8::is_ascii_uppercase) {
-                return Err(dicom_corrupt("element without a valid VR"));
-            }
-            let long = matches!(
-                &vr,
-                b"OB"
-                    | b"OD"
-                    | b"OF"
-                    | b"OL"
-                    | b"OV"
-                    | b"OW"
-                    | b"SQ"
-                    | b"SV"
-                    | b"UC"
-                    | b"UN"
-                    | b"UR"
-                    | b"UT"
-                    | b"UV"
-            );
-            let len = if long {
-                self.take(2)?;
-                self.u32()?
-            } else {
-                u32::from(self.u16()?)
-            };
-            (Some(vr), len)
-        };
-        Ok(DicomElement {
-            tag,
-            vr,
-            len: (len != u32::MAX).then_some(len),
-        })
-    }
-
-    /// After the header of an undefined-length sequence: its items, up to
-    /// the sequence delimitation item.
-    fn skip_sequence(&mut self, depth: u32) -> Result<(), ImageHeaderError> {
-        if depth > DICOM_MAX_DEPTH {
-            return Err(dicom_corrupt("sequences nested too deep"));
-        }
-        loop {
-            let item = self.element()?;
-            match (item.tag, item.len) {
-                (DICOM_SEQUENCE_END, _) => return Ok(()),
-                (DICOM_ITEM, Some(len)) => {
-                    self.take(len as usize)?;
-                }
-                (DICOM_ITEM, None) => loop {
-                    let e = self.element()?;
-                    match (e.tag, e.len) {
-                        (DICOM_ITEM_END, _) => break,
-                        (_, Some(len)) => {
-                            self.take(len as usize)?;
-                        }
-                        (_, None) => self.skip_undefined(&e, depth + 1)?,
-                    }
-                },
-                _ => return Err(dicom_corrupt("sequence holds something other than items")),
-            }
-        }
-    }
-
-    /// Steps over an element of undefined length (a sequence; UN holds
-    /// implicit VR little-endian content).
-    fn skip_undefined(&mut self, e: &DicomElement, depth: u32) -> Result<(), ImageHeaderError> {
-        match e.vr {
-            Some(vr) if &vr == b"UN" => {
-                let (explicit, big_endian) = (self.explicit, self.big_endian);
-                (self.explicit, self.big_endian) = (false, false);
-                let result = self.skip_sequence(depth);
-                (self.explicit, self.big_endian) = (explicit, big_endian);
-                result
-            }
-            Some(vr) if &vr != b"SQ" => Err(dicom_corrupt("undefined length on a non-sequence")),
-            _ => self.skip_sequence(depth),
-        }
-    }
-}
-
 fn probe_dicom(bytes: &[u8]) -> Result<ImageInfo, ImageHeaderError> {
     let format = ImageFormat::Dicom;
-    if bytes.get(DICOM_PREAMBLE..DICOM_PREAMBLE + 4) != Some(b"DICM".as_slice()) {
-        return Err(DICOM_TRUNCATED);
-    }
-    let mut r = DicomReader {
-        bytes,
-        pos: DICOM_PREAMBLE + 4,
-        big_endian: false,
-        explicit: true,
-    };
-    // File meta group: explicit VR little endian, group 0002.
-    let mut transfer_syntax = None;
-    while bytes.get(r.pos..r.pos + 2) == Some([2, 0].as_slice()) {
-        let e = r.element()?;
-        let len = e
-            .len
-            .ok_or(dicom_corrupt("file meta element of undefined length"))?;
-        let value = r.take(len as usize)?;
-        if e.tag == 0x0002_0010 {
-            transfer_syntax = Some(value);
-        }
-    }
-    let uid = transfer_syntax.ok_or(dicom_corrupt("no transfer syntax in the file meta"))?;
-    let uid = std::str::from_utf8(uid)
-        .map_err(|_| dicom_corrupt("transfer syntax UID is not text"))?
-        .trim_end_matches(['\0', ' ']);
-    match uid {
-        "1.2.840.10008.1.2" => r.explicit = false,
-        "1.2.840.10008.1.2.2" => r.big_endian = true,
-        "1.2.840.10008.1.2.1.99" => {
-            return Err(ImageHeaderError::Unsupported {
-                format,
-                detail:
-                    "deflated data set (1.2.840.10008.1.2.1.99): Rows and Columns cannot be read",
-            })
-        }
-        // Every other transfer syntax is explicit VR little endian.
-        _ => {}
-    }
-
-    let (mut rows, mut columns) = (None, None);
-    loop {
-        if r.pos == bytes.len() {
-            return Err(dicom_corrupt(
-                "no Pixel Data element: not an image, or truncated",
-            ));
-        }
-        let e = r.element()?;
-        if e.tag == DICOM_PIXEL_DATA {
-            // Present in full: native samples, or encapsulated fragments
-            // up to the sequence delimitation item.
-            match e.len {
-                Some(len) => r.take(len as usize).map(|_| ())?,
-                None => r.skip_sequence(1)?,
-            }
-            break;
-        }
-        match e.len {
-            Some(len) => {
-                let value = r.take(len as usize)?;
-                if e.tag == DICOM_ROWS || e.tag == DICOM_COLUMNS {
-                    let v = match value {
-                        [a, b, ..] if r.big_endian => u16::from_be_bytes([*a, *b]),
-                        [a, b, ..] => u16::from_le_bytes([*a, *b]),
-                        _ => return Err(dicom_corrupt("Rows or Columns is not a 16-bit value")),
-                    };
-                    let slot = if e.tag == DICOM_ROWS {
-                        &mut rows
-                    } else {
-                        &mut columns
-                    };
-                    slot.get_or_insert(u32::from(v));
-                }
-            }
-            None => r.skip_undefined(&e, 1)?,
-        }
-    }
-    match (columns, rows) {
-        (Some(width), Some(height)) => Ok(ImageInfo {
+    match dicom_header(bytes) {
+        Ok(header) => Ok(ImageInfo {
             format,
-            width,
-            height,
+            width: header.width,
+            height: header.height,
         }),
-        _ => Err(dicom_corrupt("no Rows or Columns before the Pixel Data")),
+        Err(VisionError::UnsupportedFormat { detail }) => {
+            Err(ImageHeaderError::Unsupported { format, detail })
+        }
+        Err(VisionError::Corrupt { detail, .. }) => {
+            Err(ImageHeaderError::Corrupt { format, detail })
+        }
+        Err(other) => Err(ImageHeaderError::Corrupt {
+            format,
+            detail: other.to_string(),
+        }),
     }
 }
 
@@ -566,14 +331,14 @@ mod tests {
 
     #[test]
     fn reads_dicom_sizes() {
-        for (ts, be) in [
-            ("1.2.840.10008.1.2.1", false),
-            ("1.2.840.10008.1.2.2", true),
+        for ts in [
+            "1.2.840.10008.1.2.1",
             // Encapsulated syntaxes are explicit VR little endian; the
-            // probe does not decode, so JPEG 2000 is fine here.
-            ("1.2.840.10008.1.2.4.90", false),
+            // probe does not decode, so the pixel data does not matter.
+            "1.2.840.10008.1.2.4.90",
+            "1.2.840.10008.1.2.4.80",
         ] {
-            let info = probe_image(&dcm_explicit(ts, 2500, 2048, be)).unwrap();
+            let info = probe_image(&dcm_explicit(ts, 2500, 2048, false)).unwrap();
             assert_eq!(
                 (info.format, info.width, info.height),
                 (ImageFormat::Dicom, 2048, 2500),
@@ -624,17 +389,55 @@ mod tests {
         }
     }
 
+    /// Ingest refuses what the decoder cannot read, with the decoder's
+    /// reason: one header walk serves both (before, ingest accepted
+    /// big-endian files that preprocess then refused).
+    #[test]
+    fn ingest_and_the_decoder_agree_on_dicom() {
+        let limits = chexvision_vision::DecodeLimits::default();
+        let big_endian = dcm_explicit("1.2.840.10008.1.2.2", 4, 4, true);
+        let deflated = dcm_file("1.2.840.10008.1.2.1.99", &[0x78, 0x9c, 3, 0]);
+        for (file, syntax) in [
+            (&big_endian, "Explicit VR Big Endian"),
+            (&deflated, "Deflated Explicit VR Little Endian"),
+        ] {
+            let probed = probe_image(file).unwrap_err();
+            let decoded = chexvision_vision::decode_gray8(file, &limits).unwrap_err();
+            match (&probed, &decoded) {
+                (
+                    ImageHeaderError::Unsupported { detail, .. },
+                    VisionError::UnsupportedFormat { detail: decoder },
+                ) => {
+                    assert_eq!(detail, decoder);
+                    assert!(detail.contains(syntax), "{detail}");
+                }
+                other => panic!("{syntax}: {other:?}"),
+            }
+        }
+        // A file both accept: the decoder decodes the size ingest read.
+        let mut ds = dcm_el((0x28, 2), b"US", &1u16.to_le_bytes(), false);
+        ds.extend(dcm_el((0x28, 4), b"CS", b"MONOCHROME2 ", false));
+        ds.extend(dcm_el((0x28, 0x10), b"US", &2u16.to_le_bytes(), false));
+        ds.extend(dcm_el((0x28, 0x11), b"US", &4u16.to_le_bytes(), false));
+        ds.extend(dcm_el((0x28, 0x100), b"US", &16u16.to_le_bytes(), false));
+        ds.extend(dcm_el((0x28, 0x101), b"US", &12u16.to_le_bytes(), false));
+        ds.extend(dcm_el((0x7fe0, 0x10), b"OW", &[7; 16], false));
+        let good = dcm_file("1.2.840.10008.1.2.1", &ds);
+        let info = probe_image(&good).unwrap();
+        let image = chexvision_vision::decode_gray8(&good, &limits).unwrap();
+        assert_eq!((info.width, info.height), (image.width, image.height));
+    }
+
     #[test]
     fn names_what_is_wrong_with_dicom() {
         let good = dcm_explicit("1.2.840.10008.1.2.1", 100, 100, false);
-        assert_eq!(
-            probe_image(&good[..130]),
-            Err(ImageHeaderError::Truncated(ImageFormat::Dicom))
-        );
-        assert_eq!(
-            probe_image(&good[..good.len() - 30]),
-            Err(ImageHeaderError::Truncated(ImageFormat::Dicom))
-        );
+        for cut in [130, good.len() - 30] {
+            assert!(matches!(
+                probe_image(&good[..cut]),
+                Err(ImageHeaderError::Corrupt { format: ImageFormat::Dicom, detail })
+                    if detail.contains("truncated")
+            ));
+        }
         assert!(matches!(
             probe_image(&dcm_explicit("1.2.840.10008.1.2.1", 50_000, 50_000, false)),
             Err(ImageHeaderError::BadSize { width: 50_000, .. })

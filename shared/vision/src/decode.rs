@@ -35,7 +35,10 @@ impl Default for DecodeLimits {
 /// crate documentation summarises (details in that module's source). For
 /// PNG and JPEG:
 ///
-/// * 16-bit samples become 8-bit by `>> 8`.
+/// * 16-bit grayscale keeps its contrast when it uses fewer than 16 bits,
+///   as exports of 12-bit detectors often do (the mapping is in
+///   docs/architecture.md, "16-bit grey PNG"); other
+///   16-bit samples (colour) become 8-bit by `>> 8`.
 /// * Colour becomes luma as Pillow's `convert("L")` does (ITU-R 601-2:
 ///   `(R*19595 + G*38470 + B*7471 + 0x8000) >> 16`, i.e. R*0.299 +
 ///   G*0.587 + B*0.114 rounded).
@@ -65,7 +68,78 @@ pub fn decode_gray8(bytes: &[u8], limits: &DecodeLimits) -> Result<GrayImage8, V
     }
     let format = sniff_format(bytes)?;
     let dynamic = decode_dynamic(bytes, format, limits)?;
-    to_gray8(dynamic)
+    match dynamic {
+        DynamicImage::ImageLuma16(gray) => {
+            let (width, height) = gray.dimensions();
+            let pixels = gray16_to_8(gray.as_raw(), png_significant_gray_bits(bytes));
+            GrayImage8::new(width, height, pixels)
+        }
+        DynamicImage::ImageLumaA16(gray) => {
+            let (width, height) = gray.dimensions();
+            let values: Vec<u16> = gray.pixels().map(|p| p.0[0]).collect();
+            let pixels = gray16_to_8(&values, png_significant_gray_bits(bytes));
+            GrayImage8::new(width, height, pixels)
+        }
+        other => to_gray8(other),
+    }
+}
+
+/// 16-bit grayscale to 8 bits, keeping the contrast of images that use
+/// fewer than 16 bits. With `b` significant bits the top value `2^b - 1`
+/// becomes 255 and every value `v` becomes `floor(v * 255 / (2^b - 1) +
+/// 0.5)`, where:
+///
+/// * with a PNG `sBIT` chunk of `b` < 16 bits: if every sample fits in `b`
+///   bits the values were stored unscaled (as many exporters write them)
+///   and are mapped as they are; otherwise they were scaled to 16 bits as
+///   the PNG specification says, and `v >> (16 - b)` is mapped;
+/// * without one (or with `sBIT` 16): `b` is the bit length of the largest
+///   sample, at least 8 (a 12-bit image whose brightest pixel is 3,900
+///   has `b` = 12). When `b` is 16 the mapping is `v >> 8`, Pillow's, so
+///   full-range 16-bit images decode as before.
+///
+/// So a 12-bit image written into a 16-bit PNG keeps its 4,096 levels'
+/// contrast instead of falling to the 16 grey levels a plain `>> 8`
+/// leaves it.
+pub(crate) fn gray16_to_8(values: &[u16], significant_bits: Option<u8>) -> Vec<u8> {
+    let max = values.iter().copied().max().unwrap_or(0);
+    let used_bits = (16 - max.leading_zeros()).max(8);
+    let (bits, shift) = match significant_bits {
+        Some(b @ 1..=15) if u32::from(max) < (1u32 << b) => (u32::from(b), 0),
+        Some(b @ 1..=15) => (u32::from(b), 16 - u32::from(b)),
+        _ if used_bits == 16 => return values.iter().map(|&v| hi(v)).collect(),
+        _ => (used_bits, 0),
+    };
+    let top = (1u32 << bits) - 1;
+    // One output level per possible input value (at most 65,536), so large
+    // images pay a table lookup per pixel.
+    let table: Vec<u8> = (0..=top)
+        .map(|v| ((v * 255 * 2 + top) / (2 * top)).min(255) as u8)
+        .collect();
+    values
+        .iter()
+        .map(|&v| {
+            table
+                .get((u32::from(v) >> shift) as usize)
+                .copied()
+                .unwrap_or(255)
+        })
+        .collect()
+}
+
+/// The grey channel's significant bits from a PNG's `sBIT` chunk (before
+/// the first `IDAT`), if it has one.
+fn png_significant_gray_bits(bytes: &[u8]) -> Option<u8> {
+    let mut at = PNG_SIGNATURE.len();
+    loop {
+        let len = u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize;
+        let kind = bytes.get(at + 4..at + 8)?;
+        match kind {
+            b"sBIT" => return bytes.get(at + 8).copied(),
+            b"IDAT" | b"IEND" => return None,
+            _ => at = at.checked_add(12)?.checked_add(len)?,
+        }
+    }
 }
 
 /// PNG or JPEG bytes → `DynamicImage`, with the header checks and decoder

@@ -135,6 +135,24 @@ fn jpeg_with_sof_dims(height: u16, width: u16) -> Vec<u8> {
     jpg
 }
 
+/// 8-bit monochrome attributes for `rows` x `cols`, then encapsulated
+/// Pixel Data whose one fragment is a JPEG-LS stream header declaring
+/// `frame_rows` x `frame_cols` (SOI, SOF55, then EOI: no scan, one pad
+/// byte).
+fn jpegls_in_dicom(rows: u16, cols: u16, frame_rows: u16, frame_cols: u16) -> Vec<u8> {
+    let mut jls = vec![0xFF, 0xD8, 0xFF, 0xF7, 0, 11, 8];
+    jls.extend_from_slice(&frame_rows.to_be_bytes());
+    jls.extend_from_slice(&frame_cols.to_be_bytes());
+    jls.extend_from_slice(&[1, 1, 0x11, 0, 0xFF, 0xD9, 0]); // even length
+    let mut ds = dcm_mono8_attributes(rows, cols);
+    ds.extend(dcm_header(0x7FE0, 0x0010, b"OB", u32::MAX));
+    ds.extend(common::dcm_item(0xE000, 0));
+    ds.extend(common::dcm_item(0xE000, jls.len() as u32));
+    ds.extend_from_slice(&jls);
+    ds.extend(common::dcm_item(0xE0DD, 0));
+    ds
+}
+
 fn cases() -> Vec<(&'static str, Vec<u8>, DecodeLimits, Expect)> {
     let d = DecodeLimits::default();
     let png = fixture("xray_c.png");
@@ -327,8 +345,38 @@ fn cases() -> Vec<(&'static str, Vec<u8>, DecodeLimits, Expect)> {
         ),
         ("DICOM valid RLE fixture", rle.clone(), d, Expect::Ok),
         (
-            "DICOM JPEG 2000 (unsupported syntax)",
+            "DICOM JPEG 2000 valid fixture",
+            fixture("dicom/mono2_u16_bs12_j2k_lossless.dcm"),
+            d,
+            Expect::Ok,
+        ),
+        (
+            "DICOM JPEG 2000 with random bytes for a codestream",
             fixture("dicom/unsupported_jpeg2000.dcm"),
+            d,
+            Expect::Corrupt,
+        ),
+        (
+            "DICOM JPEG-LS valid fixture",
+            fixture("dicom/mono2_u16_bs12_jpegls_near.dcm"),
+            d,
+            Expect::Ok,
+        ),
+        (
+            "DICOM JPEG-LS with a 16 x 16 frame in a 4 x 4 file",
+            dcm_file("1.2.840.10008.1.2.4.80", &jpegls_in_dicom(4, 4, 16, 16)),
+            d,
+            Expect::Corrupt,
+        ),
+        (
+            "DICOM native YBR_FULL_422",
+            fixture("dicom/ybr_full_422_u8_native.dcm"),
+            d,
+            Expect::Ok,
+        ),
+        (
+            "DICOM HTJ2K (unsupported syntax)",
+            dcm_file("1.2.840.10008.1.2.4.202", &dcm_mono8_attributes(2, 2)),
             d,
             Expect::Unsupported,
         ),
@@ -452,6 +500,12 @@ fn mutated_files_never_panic() {
         "dec_gray_progressive.jpg",
         "dicom/mono2_u16_rle.dcm",
         "dicom/ct_s16_rescale_window.dcm",
+        "dicom/mono2_u16_bs12_j2k_lossless.dcm",
+        "dicom/mono2_u16_bs12_j2k_lossy.dcm",
+        "dicom/rgb_u8_j2k_lossless.dcm",
+        "dicom/mono2_u16_bs12_jpegls_lossless.dcm",
+        "dicom/mono2_u16_bs12_jpegls_near.dcm",
+        "dicom/rgb_u8_jpeg_baseline_rgb.dcm",
     ] {
         let original = fixture(name);
         let mut variants: Vec<Vec<u8>> = Vec::new();

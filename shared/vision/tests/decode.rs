@@ -80,3 +80,25 @@ fn limits_are_checked_on_valid_images() -> Result<(), VisionError> {
     ));
     Ok(())
 }
+
+/// A 12-bit image in a 16-bit grey PNG, written three ways exporters do:
+/// scaled to 16 bits with an `sBIT` of 12 (as the PNG specification
+/// says), unscaled (0..4095) without `sBIT`, and unscaled with `sBIT` 12.
+/// Each must decode to the same 8-bit image the fixture script computes
+/// (scripts/make_png16_fixtures.py), using the 12-bit range: a plain
+/// `>> 8` would leave the unscaled ones at most 16 grey levels.
+#[test]
+fn twelve_bit_grey_pngs_keep_their_contrast() -> Result<(), VisionError> {
+    for name in ["gray16_sbit12", "gray16_raw12", "gray16_raw12_sbit12"] {
+        let got = decode_fixture(&format!("png16/{name}.png"))?;
+        let want = load(&format!("png16/{name}.expected.png"));
+        assert_eq!((got.width, got.height), (64, 48), "{name}");
+        let (max, mean, _) = compare(&got, &want);
+        assert_eq!(max, 0, "{name}: max abs error {max}, mean {mean}");
+        let mut levels = got.pixels.clone();
+        levels.sort_unstable();
+        levels.dedup();
+        assert!(levels.len() > 200, "{name}: {} grey levels", levels.len());
+    }
+    Ok(())
+}

@@ -8,7 +8,16 @@
 //! fixture's reference is Pillow's (libjpeg) decoding of the frame and the
 //! decoder here uses zune-jpeg, which may differ by a level or two in IDCT
 //! rounding (as for plain JPEG in tests/decode.rs); the window there has a
-//! gain of about 1, so max abs difference ≤ 2 is asserted.
+//! gain of about 1, so max abs difference ≤ 2 is asserted; the same holds
+//! for the RGB JPEG stored without colour transform (Pillow honours its
+//! Adobe marker; applying the YCbCr transform to it would be off by far
+//! more). JPEG 2000 and JPEG-LS fixtures were encoded by pydicom's
+//! plugins (OpenJPEG through pylibjpeg-openjpeg, CharLS through pyjpegls):
+//! lossless ones must match the values written exactly; the lossy ones'
+//! references are pydicom's decoding of the same files through the same
+//! 8-bit mapping, exact for JPEG-LS near-lossless (integer arithmetic) and
+//! within 1 for lossy JPEG 2000 (its 9/7 wavelet is floating point, and
+//! the OpenJPEG built here need not be the plugin's release).
 
 mod common;
 
@@ -94,6 +103,15 @@ const FIXTURES: &[(&str, (u32, u32), u8)] = &[
     ("rgb_u8_rle", (32, 24), 0),
     ("mono2_u16_bs12_jpeg_lossless", (64, 48), 0),
     ("mono2_u8_jpeg_baseline", (64, 48), 2),
+    ("rgb_u8_jpeg_baseline_rgb", (32, 24), 2),
+    ("mono2_u16_bs12_j2k_lossless", (64, 48), 0),
+    ("mono2_s16_j2k_lossless_rescale", (64, 48), 0),
+    ("mono2_u8_j2k_lossless", (64, 48), 0),
+    ("rgb_u8_j2k_lossless", (64, 48), 0),
+    ("mono2_u16_bs12_j2k_lossy", (64, 48), 1),
+    ("mono2_u16_bs12_jpegls_lossless", (64, 48), 0),
+    ("mono2_u8_jpegls_lossless", (64, 48), 0),
+    ("mono2_u16_bs12_jpegls_near", (64, 48), 0),
 ];
 
 #[test]
@@ -132,11 +150,16 @@ fn monochrome1_is_displayed_like_monochrome2() -> Result<(), VisionError> {
 
 #[test]
 fn unsupported_transfer_syntax_is_named() {
-    match decode(&dicom("unsupported_jpeg2000")) {
+    let htj2k = dcm_file("1.2.840.10008.1.2.4.201", &dcm_mono8_attributes(2, 2));
+    match decode(&htj2k) {
         Err(VisionError::UnsupportedFormat { detail }) => {
-            assert!(detail.contains("1.2.840.10008.1.2.4.90"), "{detail}");
+            assert!(detail.contains("1.2.840.10008.1.2.4.201"), "{detail}");
             assert!(
-                detail.contains("JPEG 2000 Image Compression (Lossless Only)"),
+                detail.contains("High-Throughput JPEG 2000 Image Compression (Lossless Only)"),
+                "{detail}"
+            );
+            assert!(
+                detail.contains("JPEG-LS (lossless and near-lossless)"),
                 "{detail}"
             );
         }
@@ -252,6 +275,136 @@ fn a_jpeg_frame_larger_than_rows_and_columns_is_refused_before_decoding() {
         }
         other => panic!("want Corrupt, got {other:?}"),
     }
+}
+
+/// Where the first fragment after the basic offset table lies in an
+/// encapsulated fixture: the bytes of its item value.
+fn first_fragment(file: &[u8]) -> std::ops::Range<usize> {
+    let pixel_data = [
+        0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+    ];
+    let start = file
+        .windows(pixel_data.len())
+        .rposition(|w| w == pixel_data)
+        .expect("encapsulated Pixel Data")
+        + pixel_data.len();
+    let item_len =
+        |at: usize| u32::from_le_bytes(file[at + 4..at + 8].try_into().unwrap()) as usize;
+    let fragment = start + 8 + item_len(start); // after the offset table
+    fragment + 8..fragment + 8 + item_len(fragment)
+}
+
+/// `file` with its first fragment replaced by `fragment` (padded to even).
+fn with_fragment(file: &[u8], fragment: &[u8]) -> Vec<u8> {
+    let range = first_fragment(file);
+    let mut value = fragment.to_vec();
+    if value.len() % 2 == 1 {
+        value.push(0);
+    }
+    let mut out = file[..range.start - 4].to_vec();
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(&value);
+    out.extend_from_slice(&file[range.end..]);
+    out
+}
+
+#[test]
+fn jpeg2000_and_jpegls_frames_larger_than_rows_and_columns_are_refused_before_decoding() {
+    // JPEG 2000: Xsiz and Ysiz of the SIZ marker (offsets 8 and 12 of the
+    // codestream) say 5,000 x 4,000 in a 64 x 48 file.
+    let file = dicom("mono2_u16_bs12_j2k_lossless");
+    let mut codestream = file[first_fragment(&file)].to_vec();
+    assert_eq!(&codestream[..4], &[0xFF, 0x4F, 0xFF, 0x51], "SOC, SIZ");
+    codestream[8..12].copy_from_slice(&5000u32.to_be_bytes());
+    codestream[12..16].copy_from_slice(&4000u32.to_be_bytes());
+    match decode(&with_fragment(&file, &codestream)) {
+        Err(VisionError::Corrupt { detail, .. }) => assert!(
+            detail.contains("JPEG 2000 codestream declares 5000x4000, but Rows × Columns is 64x48"),
+            "{detail}"
+        ),
+        other => panic!("want Corrupt, got {other:?}"),
+    }
+
+    // JPEG-LS: the SOF55 header says 5,000 x 4,000; refused before CharLS
+    // sizes its output (80 MB of 16-bit samples).
+    let mut file = dicom("mono2_u16_bs12_jpegls_lossless");
+    let sof = file
+        .windows(2)
+        .position(|w| w == [0xFF, 0xF7])
+        .expect("a JPEG-LS start-of-frame marker");
+    assert_eq!(&file[sof + 5..sof + 9], &[0, 48, 0, 64], "48 lines of 64");
+    file[sof + 5..sof + 9].copy_from_slice(&[0x0F, 0xA0, 0x13, 0x88]);
+    let (result, largest) = with_largest_allocation(|| decode(&file));
+    match result {
+        Err(VisionError::Corrupt { detail, .. }) => assert!(
+            detail.contains("JPEG-LS frame header declares 5000x4000, but Rows × Columns is 64x48"),
+            "{detail}"
+        ),
+        other => panic!("want Corrupt, got {other:?}"),
+    }
+    assert!(largest < 1 << 20, "largest allocation {largest} bytes");
+}
+
+#[test]
+fn broken_jpeg2000_and_jpegls_frames_are_corrupt_and_say_why() {
+    for name in [
+        "mono2_u16_bs12_j2k_lossless",
+        "mono2_u16_bs12_jpegls_lossless",
+    ] {
+        let file = dicom(name);
+        let stream = file[first_fragment(&file)].to_vec();
+        // Cut in half, keeping the DICOM structure intact around it.
+        let half = with_fragment(&file, &stream[..stream.len() / 2]);
+        match decode(&half) {
+            Err(VisionError::Corrupt { format, detail }) => {
+                assert_eq!(format, "DICOM");
+                println!("{name} cut in half: {detail}");
+                assert!(detail.starts_with("JPEG"), "{detail}");
+            }
+            other => panic!("{name} cut in half: want Corrupt, got {other:?}"),
+        }
+        // Every cut of the stream: an image or an error, never a panic.
+        for cut in (0..stream.len()).step_by(97) {
+            let _ = decode(&with_fragment(&file, &stream[..cut]));
+        }
+    }
+    // Random bytes where a codestream should be.
+    match decode(&dicom("unsupported_jpeg2000")) {
+        Err(VisionError::Corrupt { detail, .. }) => {
+            assert!(detail.contains("JPEG 2000"), "{detail}")
+        }
+        other => panic!("want Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
+fn native_ybr_full_422_decodes_to_its_luma_plane() -> Result<(), VisionError> {
+    // Y1 Y2 Cb Cr for each pair of pixels (PS3.3 C.7.6.3.1.2); the Pixel
+    // Data is the file's last element, 64 x 48 x 2 bytes.
+    let file = dicom("ybr_full_422_u8_native");
+    let data = &file[file.len() - 64 * 48 * 2..];
+    let luma: Vec<u8> = data.chunks_exact(4).flat_map(|g| [g[0], g[1]]).collect();
+    let got = decode(&file)?;
+    assert_eq!((got.width, got.height), (64, 48));
+    assert_eq!(got.pixels, luma);
+    let (lo, hi) = luma
+        .iter()
+        .fold((255, 0), |(lo, hi), &p| (p.min(lo), p.max(hi)));
+    assert!(hi - lo > 100, "luma spans only {lo}..{hi}");
+
+    // The YBR interpretations that exist only inside compressed streams
+    // are valid names in an unsupported layout, not corruption.
+    let mut ict = file.clone();
+    let at = ict
+        .windows(12)
+        .position(|w| w == b"YBR_FULL_422")
+        .expect("Photometric Interpretation");
+    ict[at..at + 12].copy_from_slice(b"YBR_ICT     ");
+    assert!(matches!(
+        decode(&ict),
+        Err(VisionError::UnsupportedFormat { detail }) if detail.contains("YBR_ICT")
+    ));
+    Ok(())
 }
 
 #[test]

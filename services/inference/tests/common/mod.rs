@@ -400,4 +400,5 @@ pub fn dicom(size: u16, view_position: &str, transfer_syntax: &str) -> Vec<u8> {
 }
 
 pub const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
-pub const JPEG_2000: &str = "1.2.840.10008.1.2.4.90";
+/// High-Throughput JPEG 2000, a transfer syntax the decoder refuses by name.
+pub const HTJ2K: &str = "1.2.840.10008.1.2.4.201";
