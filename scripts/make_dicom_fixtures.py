@@ -587,6 +587,13 @@ def other_decoders(name: str, frame: bytes, kind: str) -> dict[str, np.ndarray]:
     return out
 
 
+def check_other_decoders(name, frame, kind, want):
+    """Every other installed decoder of `kind` gives exactly `want`."""
+    for who, arr in other_decoders(name, frame, kind).items():
+        if not np.array_equal(arr.astype(np.int64), want):
+            raise SystemExit(f"{name}: {who} decodes different values")
+
+
 def report_diffs(name: str, ref: np.ndarray, others: dict[str, np.ndarray],
                  to8=None) -> None:
     for who, arr in others.items():
@@ -614,9 +621,7 @@ def new_fixtures() -> None:
     check_lossless(name, J2K_PLUGIN, stored)
     frame = frame_of(OUT / f"{name}.dcm")
     print(f"{name}: {j2k_header(frame)}")
-    for who, arr in other_decoders(name, frame, "j2k").items():
-        if not np.array_equal(arr.astype(np.int64), stored):
-            raise SystemExit(f"{name}: {who} decodes different values")
+    check_other_decoders(name, frame, "j2k", stored)
 
     # 16. JPEG 2000 (lossy, 9-7 irreversible wavelet), compression ratio
     #     6, same layout: expected from pydicom's (OpenJPEG) decoding.
@@ -678,9 +683,7 @@ def new_fixtures() -> None:
     check_lossless(name, J2K_PLUGIN, stored)
     frame = frame_of(OUT / f"{name}.dcm")
     print(f"{name}: {j2k_header(frame)}")
-    for who, arr in other_decoders(name, frame, "j2k").items():
-        if not np.array_equal(arr.astype(np.int64), stored):
-            raise SystemExit(f"{name}: {who} decodes different values")
+    check_other_decoders(name, frame, "j2k", stored)
 
     # 19. JPEG 2000 Lossless, RGB 8-bit through the reversible colour
     #     transform (MCT = 1 in COD): Photometric Interpretation YBR_RCT,
@@ -703,9 +706,7 @@ def new_fixtures() -> None:
     print(f"{name}: {info}")
     if info["mct"] != 1 or info["wavelet"] != "5-3 reversible":
         raise SystemExit(f"{name}: want the RCT (MCT 1) and the 5-3 wavelet")
-    for who, arr in other_decoders(name, frame, "j2k").items():
-        if not np.array_equal(arr.astype(np.int64), rgb):
-            raise SystemExit(f"{name}: {who} decodes different values")
+    check_other_decoders(name, frame, "j2k", rgb)
 
     # 20. JPEG-LS Lossless, 16 allocated / 12 stored, window.
     name = "mono2_u16_bs12_jpegls_lossless"
@@ -720,9 +721,7 @@ def new_fixtures() -> None:
     check_lossless(name, JLS_PLUGIN, stored)
     frame = frame_of(OUT / f"{name}.dcm")
     print(f"{name}: {jpegls_header(frame)}")
-    for who, arr in other_decoders(name, frame, "jls").items():
-        if not np.array_equal(arr.astype(np.int64), stored):
-            raise SystemExit(f"{name}: {who} decodes different values")
+    check_other_decoders(name, frame, "jls", stored)
 
     # 21. JPEG-LS Near-Lossless, NEAR = 2: every decoded value within 2 of
     #     the original; the reconstruction is exactly defined by ISO 14495-1,
@@ -765,9 +764,7 @@ def new_fixtures() -> None:
     check_lossless(name, JLS_PLUGIN, stored)
     frame = frame_of(OUT / f"{name}.dcm")
     print(f"{name}: {jpegls_header(frame)}")
-    for who, arr in other_decoders(name, frame, "jls").items():
-        if not np.array_equal(arr.astype(np.int64), stored):
-            raise SystemExit(f"{name}: {who} decodes different values")
+    check_other_decoders(name, frame, "jls", stored)
 
     # 23. Native YBR_FULL_422 (PS3.3 C.7.6.3.1.2): per pair of pixels
     #     Y1 Y2 Cb Cr, so Pixel Data is rows * cols * 2 bytes. No expected

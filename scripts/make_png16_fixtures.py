@@ -42,11 +42,16 @@ round(v * 65535 / 4095), not by bit replication (the two differ by 1 for
 some samples; either gives v12 back with >> 4).
 """
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
 import png
 from PIL import Image
+
+# The same X-ray-like field as the DICOM fixtures.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_dicom_fixtures import xray_field  # noqa: E402
 
 OUT = (
     Path(__file__).resolve().parent.parent
@@ -54,28 +59,6 @@ OUT = (
 )
 WIDTH, HEIGHT = 64, 48
 LO, HI = 200, 3900
-
-
-def xray_field(width: int, height: int, seed: int) -> np.ndarray:
-    """An X-ray-like image in [0, 1] (as in make_dicom_fixtures.py)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    u = xx / max(width - 1, 1)
-    v = yy / max(height - 1, 1)
-    img = 0.12 + 0.15 * v + 0.08 * np.sin(np.pi * u)
-    chest = ((u - 0.5) / 0.45) ** 2 + ((v - 0.55) / 0.5) ** 2 < 1.0
-    img[chest] += 0.35
-    for cx in (0.32, 0.68):
-        lung = ((u - cx) / 0.15) ** 2 + ((v - 0.5) / 0.3) ** 2 < 1.0
-        img[lung] -= 0.22
-    for _ in range(5):
-        cx, cy = rng.uniform(0.15, 0.85, size=2)
-        rx, ry = rng.uniform(0.04, 0.12, size=2)
-        amp = rng.uniform(0.1, 0.3)
-        img += amp * np.exp(-(((u - cx) / rx) ** 2 + ((v - cy) / ry) ** 2))
-    img += 0.05 * np.sin(2 * np.pi * 7 * v + 3 * u) * chest
-    img += rng.normal(0.0, 0.01, size=img.shape)
-    return np.clip(img, 0.0, 1.0)
 
 
 def field12() -> np.ndarray:
