@@ -9,7 +9,7 @@ PROFILE ?= dev
 PROFILE_DIR := $(if $(filter dev,$(PROFILE)),debug,$(if $(filter bench,$(PROFILE)),release,$(PROFILE)))
 TARGET_DIR = $${CARGO_TARGET_DIR:-$(CURDIR)/target}
 
-.PHONY: help test test-unit lint fmt build deps inference-conformance observability-check deploy-check readme-check stack-up stack-down stack-status demo clean-stack bench bench-models bench-serve fuzz fuzz-inference model-parity cuda-build tiny-auc
+.PHONY: gpu-check help test test-unit lint fmt build deps inference-conformance observability-check deploy-check readme-check stack-up stack-down stack-status demo clean-stack bench bench-models bench-serve fuzz fuzz-inference model-parity cuda-build tiny-auc
 
 help:
 	@echo "make test        lint, then every test, with the local Kafka broker and S3 server (started if needed)"
@@ -30,6 +30,7 @@ help:
 	@echo "make bench-serve   the inference service under load beside PyTriton and LitServe (same DenseNet-121)"
 	@echo "make tiny-auc    train configs/tiny.yaml on 2,000 synthetic images; fails under validation macro AUC 0.90 (~2 min)"
 	@echo "make cuda-build  build the models and the trainer service with --features cuda (CUDA 13 toolchain from PyPI wheels; no GPU needed)"
+	@echo "make gpu-check   cuda-build, then package the GPU proof (target/gpu-check.tar.xz, <= 64 MiB) and check it refuses to time without a GPU"
 
 # Everything CI runs. CHEXVISION_REQUIRE_STACK=1 turns a missing server into a
 # failure instead of a skip, so the Kafka and S3 suites really run.
@@ -228,3 +229,11 @@ cuda-build:
 	env_lines="$$(scripts/cuda_toolkit.sh)" && eval "$$env_lines" && \
 	  $(CARGO) build --profile $(PROFILE) --locked -p chexvision-models -p chexvision-trainer \
 	    --features chexvision-models/cuda,chexvision-trainer/cuda,tokio/process,tokio/io-std --examples --bins
+
+# The GPU proof (scripts/gpu_check.sh): the cuda-build's gpu_check example,
+# stripped and packed with the fixtures and the PyTorch side for a GPU
+# machine without a toolchain; here, without a GPU, the package must refuse
+# to time anything (exit 3, a reason) and the 64 MiB limit must hold.
+gpu-check: cuda-build
+	PROFILE_DIR=$(PROFILE_DIR) scripts/gpu_check.sh pack
+	PROFILE_DIR=$(PROFILE_DIR) scripts/gpu_check.sh selftest
