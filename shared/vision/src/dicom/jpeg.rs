@@ -24,9 +24,10 @@ pub(super) struct JpegFrameHeader {
     pub(super) components: u8,
 }
 
-/// The first start-of-frame marker's header (JPEG's SOF0–SOF15 or
-/// JPEG-LS's SOF55), if one comes before the first scan.
-pub(super) fn jpeg_frame_header(jpeg: &[u8]) -> Option<JpegFrameHeader> {
+/// The first marker `wanted` accepts, walking the segments from after SOI
+/// up to the first scan: the marker and its offset. Stops (`None`) at end
+/// of image, at a scan `wanted` does not accept, or at malformed bytes.
+pub(super) fn find_marker(jpeg: &[u8], wanted: impl Fn(u8) -> bool) -> Option<(u8, usize)> {
     let mut at = 2usize;
     loop {
         if jpeg.get(at) != Some(&0xFF) {
@@ -35,22 +36,7 @@ pub(super) fn jpeg_frame_header(jpeg: &[u8]) -> Option<JpegFrameHeader> {
         let marker = *jpeg.get(at + 1)?;
         match marker {
             0xFF => at += 1,
-            0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF | 0xF7 => {
-                // FFCn, length (2), precision (1), lines (2), samples per
-                // line (2), components (1).
-                let field = |offset: usize| -> Option<u32> {
-                    Some(u32::from(u16::from_be_bytes(
-                        jpeg.get(at + offset..at + offset + 2)?.try_into().ok()?,
-                    )))
-                };
-                return Some(JpegFrameHeader {
-                    marker,
-                    precision: *jpeg.get(at + 4)?,
-                    height: field(5)?,
-                    width: field(7)?,
-                    components: *jpeg.get(at + 9)?,
-                });
-            }
+            m if wanted(m) => return Some((m, at)),
             0xD8 | 0x01 | 0xD0..=0xD7 => at += 2,
             0xD9 | 0xDA => return None,
             _ => {
@@ -59,6 +45,29 @@ pub(super) fn jpeg_frame_header(jpeg: &[u8]) -> Option<JpegFrameHeader> {
             }
         }
     }
+}
+
+/// The first start-of-frame marker's header (JPEG's SOF0–SOF15 or
+/// JPEG-LS's SOF55), if one comes before the first scan.
+pub(super) fn jpeg_frame_header(jpeg: &[u8]) -> Option<JpegFrameHeader> {
+    let (marker, at) = find_marker(
+        jpeg,
+        |m| matches!(m, 0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF | 0xF7),
+    )?;
+    // FFCn, length (2), precision (1), lines (2), samples per line (2),
+    // components (1).
+    let field = |offset: usize| -> Option<u32> {
+        Some(u32::from(u16::from_be_bytes(
+            jpeg.get(at + offset..at + offset + 2)?.try_into().ok()?,
+        )))
+    };
+    Some(JpegFrameHeader {
+        marker,
+        precision: *jpeg.get(at + 4)?,
+        height: field(5)?,
+        width: field(7)?,
+        components: *jpeg.get(at + 9)?,
+    })
 }
 
 pub(super) fn decode_jpeg_frame(

@@ -11,7 +11,7 @@ use std::ptr::NonNull;
 
 use charls_sys as charls;
 
-use super::jpeg::{jpeg_frame_header, JpegFrameHeader};
+use super::jpeg::{find_marker, jpeg_frame_header, JpegFrameHeader};
 use super::parse::{first_frame, Found};
 use super::render::render;
 use super::syntax::Syntax;
@@ -99,22 +99,8 @@ fn check_header(header: &JpegFrameHeader, layout: &Layout) -> Result<(), VisionE
 
 /// How many components the first scan codes (`Ns` of the first SOS).
 fn first_scan_components(jpeg: &[u8]) -> Option<u8> {
-    let mut at = 2usize;
-    loop {
-        if jpeg.get(at) != Some(&0xFF) {
-            return None;
-        }
-        match *jpeg.get(at + 1)? {
-            0xFF => at += 1,
-            0xDA => return jpeg.get(at + 4).copied(),
-            0xD8 | 0x01 | 0xD0..=0xD7 => at += 2,
-            0xD9 => return None,
-            _ => {
-                let len = u16::from_be_bytes(jpeg.get(at + 2..at + 4)?.try_into().ok()?);
-                at = at.checked_add(2 + usize::from(len))?;
-            }
-        }
-    }
+    let (_, at) = find_marker(jpeg, |m| m == 0xDA)?;
+    jpeg.get(at + 4).copied()
 }
 
 /// A CharLS decoder, destroyed on drop.
