@@ -110,7 +110,7 @@ impl Geometry {
     }
 
     /// Rows of the im2col matrix (and columns of the weight matrix).
-    fn kk(&self) -> usize {
+    pub(crate) fn kk(&self) -> usize {
         self.cin * self.k * self.k
     }
 
@@ -188,7 +188,7 @@ impl Geometry {
 
     /// The adjoint of [`Self::im2col`]: adds each column entry back to the
     /// input pixel it was read from.
-    fn col2im(&self, col: &[f32], rows: Range<usize>, dx: &mut [f32]) {
+    pub(crate) fn col2im(&self, col: &[f32], rows: Range<usize>, dx: &mut [f32]) {
         let (k, s, p) = (self.k, self.stride, self.pad);
         let (h, w, wo) = (self.h, self.w, self.wo);
         let cols = rows.len() * wo;
@@ -226,7 +226,7 @@ impl Geometry {
 
     /// Output row tiles of at most [`TILE_PIXELS`] pixels (at least one
     /// row each).
-    fn row_tiles(&self) -> impl Iterator<Item = Range<usize>> {
+    pub(crate) fn row_tiles(&self) -> impl Iterator<Item = Range<usize>> {
         let per = (TILE_PIXELS / self.wo.max(1)).max(1);
         let ho = self.ho;
         (0..ho.div_ceil(per)).map(move |t| t * per..((t + 1) * per).min(ho))

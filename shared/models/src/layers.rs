@@ -28,7 +28,7 @@ pub fn autocast<T>(dtype: Option<DType>, f: impl FnOnce() -> T) -> T {
     result
 }
 
-fn autocast_dtype() -> Option<DType> {
+pub(crate) fn autocast_dtype() -> Option<DType> {
     AUTOCAST.with(Cell::get)
 }
 
@@ -37,6 +37,12 @@ fn autocast_dtype() -> Option<DType> {
 /// otherwise through candle's `conv2d`.
 #[derive(Debug, Clone)]
 pub struct Conv(Conv2d);
+
+impl Conv {
+    pub(crate) fn weight(&self) -> &Tensor {
+        self.0.weight()
+    }
+}
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -89,7 +95,7 @@ impl Module for Linear {
 }
 
 /// PyTorch's BatchNorm2d defaults.
-const BN_EPS: f64 = 1e-5;
+pub(crate) const BN_EPS: f64 = 1e-5;
 const BN_MOMENTUM: f64 = 0.1;
 
 /// Kaiming normal, fan-out, ReLU: torchvision's init for ResNet convs.
@@ -150,6 +156,81 @@ impl BatchNorm2d {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_inner(x, train, false)
+    }
+
+    /// `relu(self.forward_t(x, train))`, in one pass where the fused CPU
+    /// op applies (train mode, f32).
+    pub fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_inner(x, train, true)
+    }
+
+    fn forward_inner(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if train && crate::batch_norm::fast_path_applies(x) {
+            let (running_mean, running_var) = self.running_vars()?;
+            let count = values_per_channel(x)?;
+            let (y, stats) =
+                crate::batch_norm::batch_norm_train(x, &self.weight, &self.bias, BN_EPS, relu)?;
+            let c = stats.mean.len();
+            let mean = Tensor::from_vec(stats.mean, c, x.device())?;
+            let var = Tensor::from_vec(stats.var, c, x.device())?;
+            self.update_running(running_mean, running_var, &mean, &var, count)?;
+            return Ok(y);
+        }
+        let y = self.forward_composed(x, train)?;
+        Ok(if relu { y.relu()? } else { y })
+    }
+
+    /// γ and β.
+    pub(crate) fn affine_params(&self) -> (&Tensor, &Tensor) {
+        (&self.weight, &self.bias)
+    }
+
+    /// Folds a train-mode batch's mean and biased variance (over `count`
+    /// values per channel) into the running statistics.
+    pub(crate) fn record_batch_stats(&self, mean: &[f32], var: &[f32], count: usize) -> Result<()> {
+        let (running_mean, running_var) = self.running_vars()?;
+        let device = self.weight.device();
+        let mean = Tensor::from_slice(mean, mean.len(), device)?;
+        let var = Tensor::from_slice(var, var.len(), device)?;
+        self.update_running(running_mean, running_var, &mean, &var, count)
+    }
+
+    fn running_vars(&self) -> Result<(&Var, &Var)> {
+        match &self.running {
+            Some((mean, var)) => Ok((mean, var)),
+            None => Err(crate::ModelError::Mode(
+                "train mode needs running statistics held as variables (build the model from a VarMap)".into(),
+            )),
+        }
+    }
+
+    /// Running statistics, outside the graph; the variance is unbiased.
+    fn update_running(
+        &self,
+        running_mean: &Var,
+        running_var: &Var,
+        mean: &Tensor,
+        var: &Tensor,
+        count: usize,
+    ) -> Result<()> {
+        let mean = mean
+            .detach()
+            .flatten_all()?
+            .to_dtype(running_mean.dtype())?;
+        let unbiased = (var.detach().flatten_all()? * (count as f64 / (count - 1) as f64))?
+            .to_dtype(running_var.dtype())?;
+        let new_mean = ((running_mean.as_tensor() * (1.0 - BN_MOMENTUM))? + (mean * BN_MOMENTUM)?)?;
+        let new_var =
+            ((running_var.as_tensor() * (1.0 - BN_MOMENTUM))? + (unbiased * BN_MOMENTUM)?)?;
+        running_mean.set(&new_mean)?;
+        running_var.set(&new_var)?;
+        Ok(())
+    }
+
+    /// BatchNorm from candle's tensor ops, for every device and dtype (and
+    /// the reference the fused op is tested against).
+    pub(crate) fn forward_composed(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let c = self.weight.dim(0)?;
         if !train {
             // y = x * scale + shift with scale = w / sqrt(var + eps).
@@ -160,19 +241,9 @@ impl BatchNorm2d {
                 .broadcast_add(&shift.reshape((1, c, 1, 1))?)?;
             return Ok(y);
         }
-        let Some((running_mean, running_var)) = &self.running else {
-            return Err(crate::ModelError::Mode(
-                "train mode needs running statistics held as variables (build the model from a VarMap)".into(),
-            ));
-        };
+        let (running_mean, running_var) = self.running_vars()?;
         let (n, _, h, w) = x.dims4()?;
-        let count = n * h * w;
-        if count < 2 {
-            return Err(crate::ModelError::Mode(format!(
-                "train-mode BatchNorm needs more than one value per channel, got input {:?}",
-                x.dims()
-            )));
-        }
+        let count = values_per_channel(x)?;
         // Per-channel statistics over (N, H, W).
         let xt = x.transpose(0, 1)?.reshape((c, count))?;
         let mean = xt.mean_keepdim(D::Minus1)?;
@@ -187,18 +258,7 @@ impl BatchNorm2d {
             .transpose(0, 1)?
             .contiguous()?;
 
-        // Running statistics, outside the graph; the variance is unbiased.
-        let mean = mean
-            .detach()
-            .flatten_all()?
-            .to_dtype(running_mean.dtype())?;
-        let unbiased = (var.detach().flatten_all()? * (count as f64 / (count - 1) as f64))?
-            .to_dtype(running_var.dtype())?;
-        let new_mean = ((running_mean.as_tensor() * (1.0 - BN_MOMENTUM))? + (mean * BN_MOMENTUM)?)?;
-        let new_var =
-            ((running_var.as_tensor() * (1.0 - BN_MOMENTUM))? + (unbiased * BN_MOMENTUM)?)?;
-        running_mean.set(&new_mean)?;
-        running_var.set(&new_var)?;
+        self.update_running(running_mean, running_var, &mean, &var, count)?;
         Ok(y)
     }
 
@@ -206,6 +266,19 @@ impl BatchNorm2d {
     pub fn running_stats(&self) -> (Tensor, Tensor) {
         (self.running_mean.detach(), self.running_var.detach())
     }
+}
+
+/// N·H·W, which train mode needs to be at least 2.
+pub(crate) fn values_per_channel(x: &Tensor) -> Result<usize> {
+    let (n, _, h, w) = x.dims4()?;
+    let count = n * h * w;
+    if count < 2 {
+        return Err(crate::ModelError::Mode(format!(
+            "train-mode BatchNorm needs more than one value per channel, got input {:?}",
+            x.dims()
+        )));
+    }
+    Ok(count)
 }
 
 /// Bias-free convolution, square kernel.

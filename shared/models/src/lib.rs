@@ -17,12 +17,20 @@
 //!   folded, no concatenation, direct `gemm`), for serving.
 //! * [`bce_with_logits`]: the numerically stable loss with `pos_weight`.
 //!
+//! Training on the CPU (f32) runs through fused ops with their own
+//! backward passes: the im2col + gemm convolution (`conv.rs`), BatchNorm
+//! with its ReLU (`batch_norm.rs`), a whole DenseNet dense block in one
+//! preallocated buffer (`dense_block.rs`), and the end of an SE-ResNet
+//! block (`residual.rs`); other devices and dtypes compose candle's ops.
+//!
 //! Parity with PyTorch is tested against fixtures made by
 //! `scripts/make_model_fixtures.py` (tests/parity.rs).
 
+mod batch_norm;
 mod checkpoint;
 mod conv;
 mod cpu;
+mod dense_block;
 mod densenet;
 mod error;
 mod gradcam;
@@ -31,6 +39,7 @@ mod layers;
 mod loss;
 mod model;
 mod pool;
+mod residual;
 mod se_resnet;
 
 pub use checkpoint::{

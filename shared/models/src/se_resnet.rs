@@ -105,12 +105,11 @@ struct SqueezeExcitation {
 }
 
 impl SqueezeExcitation {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, c, _, _) = x.dims4()?;
+    /// The per-(image, channel) gate in (0, 1), (N, C).
+    fn gate(&self, x: &Tensor) -> Result<Tensor> {
         let s = global_avg_pool(x)?;
         let s = self.fc1.forward(&s)?.relu()?;
-        let s = candle_nn::ops::sigmoid(&self.fc2.forward(&s)?)?;
-        Ok(x.broadcast_mul(&s.reshape((n, c, 1, 1))?)?)
+        Ok(candle_nn::ops::sigmoid(&self.fc2.forward(&s)?)?)
     }
 }
 
@@ -171,13 +170,18 @@ impl BasicBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let y = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
         let y = self.bn2.forward_t(&self.conv2.forward(&y)?, train)?;
-        let y = self.se.forward(&y)?;
+        let gate = self.se.gate(&y)?;
         let shortcut = match &self.downsample {
             Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train)?,
             None => x.clone(),
         };
+        if crate::residual::fast_path_applies(&y) && shortcut.dtype() == y.dtype() {
+            return Ok(crate::residual::gated_residual_relu(&y, &gate, &shortcut)?);
+        }
+        let (n, c, _, _) = y.dims4()?;
+        let y = y.broadcast_mul(&gate.reshape((n, c, 1, 1))?)?;
         Ok((y + shortcut)?.relu()?)
     }
 }
@@ -236,7 +240,7 @@ impl SeResNet {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let y = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
         let mut y = self.pool.forward(&y)?;
         for stage in &self.stages {
             for block in stage {
