@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use chexvision_models::candle_core::{Device, Tensor, Var};
+use chexvision_models::candle_core::{DType, Device, Tensor, Var};
 use chexvision_models::{ChestModel, DenseNetConfig, ModelConfig};
 use chexvision_trainer::{
     pos_weight_from_counts, smooth_targets, AdamW, Batch, EarlyStopping, GradAccumulator,
@@ -288,4 +288,40 @@ fn precision_is_bf16_on_a_gpu_and_f32_on_the_cpu() {
     let parsed: chexvision_trainer::RecipeConfig = serde_yaml::from_str("precision: bf16").unwrap();
     assert_eq!(parsed.precision, Precision::Bf16);
     assert!(serde_yaml::from_str::<chexvision_trainer::RecipeConfig>("precision: fp8").is_err());
+}
+
+/// The fused f32 update (one pass, in place) follows the composed f64
+/// update over several steps with random gradients and weight decay.
+#[test]
+fn fused_adamw_follows_the_float64_update() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let init: Vec<f32> = (0..257).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let p32 = Var::from_tensor(&Tensor::new(init.as_slice(), &Device::Cpu).unwrap()).unwrap();
+    let p64 = Var::from_tensor(&p32.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
+    let mut opt32 = AdamW::new(vec![("p".into(), p32.clone())], 0.05);
+    let mut opt64 = AdamW::new(vec![("p".into(), p64.clone())], 0.05);
+    for step in 0..5 {
+        let g: Vec<f32> = (0..257).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+        let g32 = Tensor::new(g.as_slice(), &Device::Cpu).unwrap();
+        let g64 = g32.to_dtype(DType::F64).unwrap();
+        opt32
+            .step(&BTreeMap::from([("p".to_string(), g32)]), &|_| 0.01)
+            .unwrap();
+        opt64
+            .step(&BTreeMap::from([("p".to_string(), g64)]), &|_| 0.01)
+            .unwrap();
+        let ours = values(&p32);
+        let reference = p64.as_tensor().to_vec1::<f64>().unwrap();
+        let worst = ours
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (f64::from(*a) - b).abs())
+            .fold(0f64, f64::max);
+        assert!(worst < 1e-5, "step {step}: differs from float64 by {worst}");
+    }
+    // Its moments are the state a restart loads.
+    let state = opt32.state_tensors().unwrap();
+    assert_eq!(state["m.p"].dims(), &[257]);
+    assert_eq!(state["step.p"].to_vec1::<u32>().unwrap(), vec![5]);
 }
