@@ -212,7 +212,7 @@ bench-models:
 	scripts/bench_models.sh $(or $(REPS),5)
 
 # The tiny recipe must learn the synthetic findings: 2,000 images, ingest,
-# preprocess, train (release build, about 2 minutes on 2 cores).
+# preprocess, train (release build, about 20 s on 2 cores plus the build).
 tiny-auc:
 ifeq ($(PROFILE),dev)
 	TINY_QUIET=1 scripts/tiny_auc.sh

@@ -4,7 +4,7 @@
 # file:// store, then the best validation macro AUC, abnormal AUC and
 # per-finding AUC (with the validation positives of each finding). Exits 1
 # when the best validation macro AUC is under the floor (0.90), so CI can
-# run it. CPU only: ~2 minutes on 2 cores (plus the build), ~50 s of it training.
+# run it. CPU only: ~20 s on 2 cores (plus the build), ~16 s of it training.
 #
 #   scripts/tiny_auc.sh [WORK_DIR]
 #
