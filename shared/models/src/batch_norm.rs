@@ -216,6 +216,14 @@ impl Norm<'_> {
         }
     }
 
+    /// Image `img`'s output planes from its input planes `x`, into `out`
+    /// (`x.len` planes of `x.hw`).
+    pub(crate) fn apply_image(&self, x: Channels, img: usize, out: &mut [f32]) {
+        for (ch, y) in out.chunks_mut(x.hw).enumerate().take(x.len) {
+            self.apply(ch, x.plane(img, ch), y);
+        }
+    }
+
     /// (∂L/∂γ, ∂L/∂β) per channel, for input `x` and the gradient `g` of
     /// the output (same channel count).
     pub(crate) fn param_grads(&self, x: Channels, g: Channels) -> (Vec<f32>, Vec<f32>) {
@@ -472,25 +480,8 @@ mod tests {
     use candle_nn::{VarBuilder, VarMap};
 
     use super::*;
+    use crate::test_util::{dot, flat, max_rel_diff, random};
     use crate::BatchNorm2d;
-
-    fn random(shape: &[usize], seed: u64, lo: f32, hi: f32) -> Tensor {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let len = shape.iter().product::<usize>();
-        let data: Vec<f32> = (0..len).map(|_| rng.random_range(lo..hi)).collect();
-        Tensor::from_vec(data, shape, &Device::Cpu).expect("tensor")
-    }
-
-    fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(a.len(), b.len());
-        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        a.iter()
-            .zip(&b)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs() / scale))
-    }
 
     /// A BatchNorm2d of `c` channels with random γ, β and running
     /// statistics, and its VarMap.
@@ -548,18 +539,8 @@ mod tests {
                     assert!(d < 1e-5, "case {i} relu {relu}: {name} differs by {d}");
                 }
 
-                let g_ours = (ours * &upstream)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                let g_theirs = (theirs * &upstream)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
+                let g_ours = crate::test_util::grads_of(&ours, &upstream);
+                let g_theirs = crate::test_util::grads_of(&theirs, &upstream);
                 let pairs = [
                     ("input", x.clone(), x.clone()),
                     (
@@ -597,17 +578,10 @@ mod tests {
         let vg = random(&[c], 6, -1.0, 1.0);
         let loss = |x: &Tensor, gamma: &Tensor| -> f64 {
             let (y, _) = batch_norm_train(x, gamma, &beta, 1e-5, false).unwrap();
-            let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let u = u.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            y.iter().zip(&u).map(|(a, b)| *a as f64 * *b as f64).sum()
-        };
-        let dot = |a: &Tensor, b: &Tensor| -> f64 {
-            let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum()
+            dot(&y, &u)
         };
         let (y, _) = batch_norm_train(&x, &gamma, &beta, 1e-5, false).unwrap();
-        let grads = (y * &u).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = crate::test_util::grads_of(&y, &u);
         let t = 1e-2;
         let xs = x.as_tensor();
         let gs = gamma.as_tensor();
@@ -641,8 +615,7 @@ mod tests {
                 let beta = Var::from_tensor(&random(&[6], 9, -0.5, 0.5)).unwrap();
                 let (y, stats) = batch_norm_train(&x, &gamma, &beta, 1e-5, true).unwrap();
                 let u = random(&[4, 6, 9, 11], 10, -1.0, 1.0);
-                let grads = (&y * &u).unwrap().sum_all().unwrap().backward().unwrap();
-                let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let grads = crate::test_util::grads_of(&y, &u);
                 (
                     flat(&y),
                     stats.var,

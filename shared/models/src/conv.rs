@@ -645,24 +645,11 @@ impl CustomOp2 for Conv2dWeightGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use crate::test_util::{dot, max_rel_diff};
+    use candle_core::Var;
 
     fn random(shape: &[usize], seed: u64) -> Tensor {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let len = shape.iter().product::<usize>();
-        let data: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        Tensor::from_vec(data, shape, &Device::Cpu).expect("tensor")
-    }
-
-    fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(a.len(), b.len());
-        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        a.iter()
-            .zip(&b)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs() / scale))
+        crate::test_util::random(shape, seed, -1.0, 1.0)
     }
 
     /// Forward, input gradient and weight gradient equal candle's own
@@ -698,18 +685,8 @@ mod tests {
             let d = max_rel_diff(&ours, &theirs);
             assert!(d < 1e-5, "case {i}: forward differs by {d}");
 
-            let g_ours = (ours * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g_theirs = (theirs * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g_ours = crate::test_util::grads_of(&ours, &upstream);
+            let g_theirs = crate::test_util::grads_of(&theirs, &upstream);
             for (name, var) in [("input", &x), ("weight", &weight)] {
                 let a = g_ours.get(var).expect("our gradient");
                 let b = g_theirs.get(var).expect("candle's gradient");
@@ -733,17 +710,12 @@ mod tests {
             (3, 2, 9, 40, 4, 7, 2, 3),
             (1, 3, 70, 50, 2, 3, 1, 1), // several row tiles
         ];
-        let dot = |a: &Tensor, b: &Tensor| -> f64 {
-            let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum()
-        };
         for (i, &(n, cin, h, w, cout, k, stride, pad)) in cases.iter().enumerate() {
             let x = Var::from_tensor(&random(&[n, cin, h, w], 10 + i as u64)).unwrap();
             let weight = Var::from_tensor(&random(&[cout, cin, k, k], 20 + i as u64)).unwrap();
             let y = conv2d(&x, &weight, stride, pad).unwrap();
             let v = random(y.dims(), 30 + i as u64);
-            let grads = (&y * &v).unwrap().sum_all().unwrap().backward().unwrap();
+            let grads = crate::test_util::grads_of(&y, &v);
             let dx = grads.get(&x).expect("input gradient");
             let dw = grads.get(&weight).expect("weight gradient");
             assert_eq!(dx.dims(), x.dims(), "case {i}");

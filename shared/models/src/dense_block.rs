@@ -71,6 +71,31 @@ struct LayerParams {
     conv2: Range<usize>,
 }
 
+impl LayerParams {
+    /// norm1 + ReLU over the layer's input channels, with the buffer's
+    /// batch statistics.
+    fn norm1<'a>(&self, params: &'a [f32], mean: &'a [f32], inv_std: &'a [f32]) -> Norm<'a> {
+        Norm {
+            gamma: &params[self.norm1_weight.clone()],
+            beta: &params[self.norm1_bias.clone()],
+            mean: &mean[..self.cin],
+            inv_std: &inv_std[..self.cin],
+            relu: true,
+        }
+    }
+
+    /// norm2 + ReLU over the bottleneck, with its batch statistics.
+    fn norm2<'a>(&self, params: &'a [f32], mean: &'a [f32], inv_std: &'a [f32]) -> Norm<'a> {
+        Norm {
+            gamma: &params[self.norm2_weight.clone()],
+            beta: &params[self.norm2_bias.clone()],
+            mean,
+            inv_std,
+            relu: true,
+        }
+    }
+}
+
 impl BlockShape {
     /// Channels of the block's output.
     pub(crate) fn total(&self) -> usize {
@@ -289,22 +314,14 @@ impl CustomOp2 for DenseBlockTrain {
             let p = s.layer(j);
             let cin = p.cin;
             let norm1_inv_std = inv_std(&var, self.eps);
-            let norm1 = Norm {
-                gamma: &params[p.norm1_weight.clone()],
-                beta: &params[p.norm1_bias.clone()],
-                mean: &mean,
-                inv_std: &norm1_inv_std,
-                relu: true,
-            };
+            let norm1 = p.norm1(params, &mean, &norm1_inv_std);
             let w1 = &params[p.conv1.clone()];
             // z = conv1(relu(norm1(buf[:, :cin]))), a 1×1 convolution.
             let mut z = vec![0f32; n * mid * hw];
             let input = &buf;
             for_each_image(n, &mut z, &mut [(); 0], |img, z, _, par| {
                 with_normed(cin * hw, |a| {
-                    for (ch, a) in a.chunks_mut(hw).enumerate() {
-                        norm1.apply(ch, dims.channels(input, 0, cin).plane(img, ch), a);
-                    }
+                    norm1.apply_image(dims.channels(input, 0, cin), img, a);
                     // SAFETY: z is mid × hw, W1 mid × cin, a cin × hw.
                     unsafe {
                         matmul(
@@ -323,22 +340,13 @@ impl CustomOp2 for DenseBlockTrain {
             });
             let (z_mean, z_var) = moments(Channels::all(&z, n, mid, hw));
             let z_inv_std = inv_std(&z_var, self.eps);
-            let norm2 = Norm {
-                gamma: &params[p.norm2_weight.clone()],
-                beta: &params[p.norm2_bias.clone()],
-                mean: &z_mean,
-                inv_std: &z_inv_std,
-                relu: true,
-            };
+            let norm2 = p.norm2(params, &z_mean, &z_inv_std);
             let w2 = &params[p.conv2.clone()];
             // buf[:, cin:cin+growth] = conv2(relu(norm2(z))).
             for_each_image(n, &mut buf, &mut [(); 0], |img, b, _, par| {
                 let out = &mut b[cin * hw..(cin + growth) * hw];
-                let z = &z[img * mid * hw..(img + 1) * mid * hw];
                 with_normed(mid * hw, |a| {
-                    for (ch, (a, z)) in a.chunks_mut(hw).zip(z.chunks(hw)).enumerate() {
-                        norm2.apply(ch, z, a);
-                    }
+                    norm2.apply_image(Channels::all(&z, n, mid, hw), img, a);
                     for rows in conv2.row_tiles() {
                         let cols = rows.len() * w;
                         with_col(kk2 * cols, |col| {
@@ -450,13 +458,7 @@ impl CustomOp2 for DenseBlockGrad {
             let cin = p.cin;
             let z = &self.saved.bottleneck[j];
             let (z_mean, _) = &self.saved.stats.bottleneck[j];
-            let norm2 = Norm {
-                gamma: &params[p.norm2_weight.clone()],
-                beta: &params[p.norm2_bias.clone()],
-                mean: z_mean,
-                inv_std: &self.saved.bottleneck_inv_std[j],
-                relu: true,
-            };
+            let norm2 = p.norm2(params, z_mean, &self.saved.bottleneck_inv_std[j]);
             let w2 = &params[p.conv2.clone()];
 
             // conv2: ∂W2 = Σ g·col(a)ᵀ and ∂a = col2im(W2ᵀ·g), where
@@ -467,11 +469,8 @@ impl CustomOp2 for DenseBlockGrad {
             let gbuf_ref = &gbuf;
             for_each_image(n, &mut da, &mut dw2_parts, |img, da, dw2, par| {
                 let g = &gbuf_ref[(img * total + cin) * hw..(img * total + cin + growth) * hw];
-                let z = &z[img * mid * hw..(img + 1) * mid * hw];
                 with_normed(mid * hw, |a| {
-                    for (ch, (a, z)) in a.chunks_mut(hw).zip(z.chunks(hw)).enumerate() {
-                        norm2.apply(ch, z, a);
-                    }
+                    norm2.apply_image(Channels::all(z, n, mid, hw), img, a);
                     for rows in conv2.row_tiles() {
                         let cols = rows.len() * w;
                         let g_tile = MatRef {
@@ -534,22 +533,14 @@ impl CustomOp2 for DenseBlockGrad {
 
             // conv1 (1×1): ∂W1 = Σ dz·aᵀ and ∂a = W1ᵀ·dz, where
             // a = relu(norm1(buf[:, :cin])) is recomputed.
-            let norm1 = Norm {
-                gamma: &params[p.norm1_weight.clone()],
-                beta: &params[p.norm1_bias.clone()],
-                mean: &mean[..cin],
-                inv_std: &self.saved.buffer_inv_std[..cin],
-                relu: true,
-            };
+            let norm1 = p.norm1(params, mean, &self.saved.buffer_inv_std);
             let w1 = &params[p.conv1.clone()];
             let mut da = vec![0f32; n * cin * hw];
             let mut dw1_parts = vec![0f32; n * mid * cin];
             for_each_image(n, &mut da, &mut dw1_parts, |img, da, dw1, par| {
                 let dz = &dz[img * mid * hw..(img + 1) * mid * hw];
                 with_normed(cin * hw, |a| {
-                    for (ch, a) in a.chunks_mut(hw).enumerate() {
-                        norm1.apply(ch, dims.channels(buf, 0, cin).plane(img, ch), a);
-                    }
+                    norm1.apply_image(dims.channels(buf, 0, cin), img, a);
                     // SAFETY: dW1 is mid × cin, dz mid × hw, aᵀ hw × cin.
                     unsafe {
                         matmul(

@@ -451,25 +451,7 @@ mod tests {
     use candle_nn::{VarBuilder, VarMap};
 
     use super::*;
-
-    fn random(shape: &[usize], seed: u64, lo: f32, hi: f32) -> Tensor {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let len = shape.iter().product::<usize>();
-        let data: Vec<f32> = (0..len).map(|_| rng.random_range(lo..hi)).collect();
-        Tensor::from_vec(data, shape, &Device::Cpu).expect("tensor")
-    }
-
-    /// max |a − b| / max(|b|, 1e-3): relative to the reference's scale.
-    fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(a.len(), b.len());
-        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        a.iter()
-            .zip(&b)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs() / scale))
-    }
+    use crate::test_util::{dot, flat, max_rel_diff, random};
 
     /// A dense block of `layers` layers on `c0` input channels with every
     /// parameter and running statistic random (seeded), and its VarMap.
@@ -528,18 +510,8 @@ mod tests {
             let d = max_rel_diff(&ours, &theirs);
             assert!(d < 1e-5, "case {i}: forward differs by {d}");
 
-            let g_ours = (&ours * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g_theirs = (&theirs * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g_ours = crate::test_util::grads_of(&ours, &upstream);
+            let g_theirs = crate::test_util::grads_of(&theirs, &upstream);
             let d = max_rel_diff(g_ours.get(&x).unwrap(), g_theirs.get(&x).unwrap());
             assert!(d < 1e-4, "case {i}: input gradient differs by {d}");
             let theirs_vars: std::collections::BTreeMap<_, _> =
@@ -569,23 +541,10 @@ mod tests {
         let x = Var::from_tensor(&random(&[2, 3, 5, 5], 7, -1.0, 1.0)).unwrap();
         let u = random(&[2, 7, 5, 5], 8, -1.0, 1.0);
         let v = random(&[2, 3, 5, 5], 9, -1.0, 1.0);
-        let loss = |x: &Tensor| -> f64 {
-            let y = b.forward_train_fused(x).unwrap();
-            let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let u = u.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            y.iter().zip(&u).map(|(a, b)| *a as f64 * *b as f64).sum()
-        };
+        let loss = |x: &Tensor| dot(&b.forward_train_fused(x).unwrap(), &u);
         let y = b.forward_train_fused(&x).unwrap();
-        let grads = (y * &u).unwrap().sum_all().unwrap().backward().unwrap();
-        let dx = grads
-            .get(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let vv = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let analytic: f64 = dx.iter().zip(&vv).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let grads = crate::test_util::grads_of(&y, &u);
+        let analytic = dot(grads.get(&x).unwrap(), &v);
         let t = 1e-3;
         let xs = x.as_tensor();
         let fd = (loss(&(xs + (&v * t).unwrap()).unwrap())
@@ -611,8 +570,7 @@ mod tests {
                     let x = Var::from_tensor(&random(&[3, 4, 6, 6], 1, -1.0, 1.0)).unwrap();
                     let y = b.forward_train_fused(&x).unwrap();
                     let u = random(y.dims(), 2, -1.0, 1.0);
-                    let grads = (&y * &u).unwrap().sum_all().unwrap().backward().unwrap();
-                    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    let grads = crate::test_util::grads_of(&y, &u);
                     let mut out = vec![flat(&y), flat(grads.get(&x).unwrap())];
                     for (_, var) in vars(&map) {
                         match grads.get(&var) {

@@ -41,6 +41,8 @@ mod model;
 mod pool;
 mod residual;
 mod se_resnet;
+#[cfg(test)]
+mod test_util;
 
 pub use checkpoint::{
     checkpoint_bytes, load_torchvision_backbone, read_meta, safetensors_bytes, tensors_sha256,

@@ -185,29 +185,13 @@ impl CustomOp3 for GatedResidualReluGrad {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
     use super::*;
+    use crate::test_util::max_rel_diff;
 
     fn random(shape: &[usize], seed: u64) -> Tensor {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let len = shape.iter().product::<usize>();
-        let data: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        Tensor::from_vec(data, shape, &Device::Cpu).expect("tensor")
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        crate::test_util::random(shape, seed, -1.0, 1.0)
     }
 
     /// Output and all three gradients equal candle's composed
@@ -228,21 +212,11 @@ mod tests {
         .unwrap()
         .relu()
         .unwrap();
-        assert!(max_abs_diff(&ours, &theirs) < 1e-6);
-        let g_ours = (ours * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g_theirs = (theirs * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        assert!(max_rel_diff(&ours, &theirs) < 1e-6);
+        let g_ours = crate::test_util::grads_of(&ours, &upstream);
+        let g_theirs = crate::test_util::grads_of(&theirs, &upstream);
         for (name, var) in [("y", &y), ("gate", &gate), ("shortcut", &shortcut)] {
-            let d = max_abs_diff(g_ours.get(var).unwrap(), g_theirs.get(var).unwrap());
+            let d = max_rel_diff(g_ours.get(var).unwrap(), g_theirs.get(var).unwrap());
             assert!(d < 1e-5, "{name} gradient differs by {d}");
         }
     }
