@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cpu as fused;
 use crate::dense_block::{dense_block_train, BlockShape};
-use crate::layers::{conv2d, values_per_channel, BatchNorm2d, Conv, BN_EPS, KAIMING_FAN_IN};
+use crate::layers::{
+    avg_pool_2x2, conv2d, values_per_channel, BatchNorm2d, Conv, BN_EPS, KAIMING_FAN_IN,
+};
 use crate::pool::MaxPool2d;
 use crate::{ModelError, Result};
 
@@ -144,7 +146,7 @@ impl Transition {
     /// convolution is 1×1, so pooling first gives the same result with a
     /// quarter of the convolution's work (forward and backward).
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.norm.forward_relu_t(x, train)?.avg_pool2d(2)?;
+        let y = avg_pool_2x2(&self.norm.forward_relu_t(x, train)?)?;
         Ok(self.conv.forward(&y)?)
     }
 }

@@ -340,6 +340,25 @@ pub(crate) fn linear_default(cin: usize, cout: usize, vb: VarBuilder) -> Result<
     Ok(Linear(candle_nn::Linear::new(weight, Some(bias))))
 }
 
+/// 2×2 average pooling with stride 2, PyTorch's `avg_pool2d(x, 2)`: an odd
+/// last row or column is left out. candle's backward spreads the gradient
+/// by a nearest upsampling to the input's size, which for an odd side puts
+/// rows in the wrong windows (and gives the left-out one a share), so only
+/// the even part is pooled: its backward is exact, and `narrow` gives the
+/// left-out row and column zero gradient. (A DenseNet transition sees an odd
+/// side when the image size is not a multiple of 32, e.g. 75 at 300 px.)
+pub(crate) fn avg_pool_2x2(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let (even_h, even_w) = (h / 2 * 2, w / 2 * 2);
+    if (even_h, even_w) == (h, w) {
+        return Ok(x.avg_pool2d(2)?);
+    }
+    Ok(x.narrow(2, 0, even_h)?
+        .narrow(3, 0, even_w)?
+        .contiguous()?
+        .avg_pool2d(2)?)
+}
+
 /// Global average pool (N, C, H, W) → (N, C).
 pub(crate) fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
@@ -361,4 +380,49 @@ pub(crate) fn check_input(x: &Tensor) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Var;
+
+    use super::*;
+    use crate::test_util::{flat, grads_of, random};
+
+    /// On odd sides the pool drops the last row and column, and the
+    /// gradient reaches exactly the pooled pixels, a quarter each.
+    #[test]
+    fn avg_pool_2x2_is_exact_on_odd_sides() {
+        for (h, w) in [(5, 3), (4, 4), (7, 6)] {
+            let x = Var::from_tensor(&random(&[2, 3, h, w], 1, -1.0, 1.0)).unwrap();
+            let y = avg_pool_2x2(&x).unwrap();
+            assert_eq!(y.dims(), [2, 3, h / 2, w / 2]);
+            let u = random(y.dims(), 2, -1.0, 1.0);
+            let grads = grads_of(&y, &u);
+            let (xv, yv, uv) = (flat(&x), flat(&y), flat(&u));
+            let dx = flat(grads.get(&x).unwrap());
+            let (ho, wo) = (h / 2, w / 2);
+            for plane in 0..6 {
+                for i in 0..h {
+                    for j in 0..w {
+                        let at = (plane * h + i) * w + j;
+                        let expected = if i < 2 * ho && j < 2 * wo {
+                            uv[(plane * ho + i / 2) * wo + j / 2] / 4.0
+                        } else {
+                            0.0
+                        };
+                        assert!((dx[at] - expected).abs() < 1e-6, "{h}×{w} ({i}, {j})");
+                    }
+                }
+                for i in 0..ho {
+                    for j in 0..wo {
+                        let p =
+                            |di: usize, dj: usize| xv[(plane * h + 2 * i + di) * w + 2 * j + dj];
+                        let mean = (p(0, 0) + p(0, 1) + p(1, 0) + p(1, 1)) / 4.0;
+                        assert!((yv[(plane * ho + i) * wo + j] - mean).abs() < 1e-6);
+                    }
+                }
+            }
+        }
+    }
 }
