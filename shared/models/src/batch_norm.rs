@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::pool::contiguous_f32;
+use crate::pool::{contiguous_f32, lock_state};
 
 /// What the forward pass measured, per channel.
 #[derive(Debug, Clone, Default)]
@@ -62,10 +62,7 @@ pub(crate) fn batch_norm_train(
     let y = x
         .contiguous()?
         .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
-    let stats = stats
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("batch norm statistics lock poisoned".into()))?
-        .clone();
+    let stats = lock_state(&stats, "batch norm statistics")?.clone();
     Ok((y, stats))
 }
 
@@ -362,10 +359,7 @@ impl CustomOp3 for BatchNormTrain {
             .zip(x.par_chunks(hw))
             .enumerate()
             .for_each(|(p, (y, x))| norm.apply(p % c, x, y));
-        let mut stats = self
-            .stats
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("batch norm statistics lock poisoned".into()))?;
+        let mut stats = lock_state(&self.stats, "batch norm statistics")?;
         *stats = BatchStats { mean, var, inv_std };
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
@@ -378,11 +372,7 @@ impl CustomOp3 for BatchNormTrain {
         _out: &Tensor,
         grad_out: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let stats = self
-            .stats
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("batch norm statistics lock poisoned".into()))?
-            .clone();
+        let stats = lock_state(&self.stats, "batch norm statistics")?.clone();
         let sums = Arc::new(Mutex::new((Vec::new(), Vec::new())));
         let grad = BatchNormTrainGrad {
             relu: self.relu,
@@ -393,10 +383,7 @@ impl CustomOp3 for BatchNormTrain {
             sums: sums.clone(),
         };
         let dx = x.apply_op2_no_bwd(&grad_out.contiguous()?, &grad)?;
-        let (dgamma, dbeta) = sums
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("batch norm gradient lock poisoned".into()))?
-            .clone();
+        let (dgamma, dbeta) = lock_state(&sums, "batch norm gradient")?.clone();
         let c = dgamma.len();
         let dgamma = Tensor::from_vec(dgamma, c, weight.device())?;
         let dbeta = Tensor::from_vec(dbeta, c, weight.device())?;
@@ -460,10 +447,7 @@ impl CustomOp2 for BatchNormTrainGrad {
         } else {
             Vec::new()
         };
-        let mut sums = self
-            .sums
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("batch norm gradient lock poisoned".into()))?;
+        let mut sums = lock_state(&self.sums, "batch norm gradient")?;
         *sums = (dgamma, dbeta);
         let shape = if self.want_input {
             xl.shape().clone()

@@ -44,7 +44,7 @@ use rayon::prelude::*;
 
 use crate::batch_norm::{inv_std, moments, Channels, Norm};
 use crate::conv::{matmul, with_col, Geometry, MatRef};
-use crate::pool::contiguous_f32;
+use crate::pool::{contiguous_f32, lock_state};
 
 /// conv2's kernel, stride and padding in every DenseNet.
 const K2: usize = 3;
@@ -196,13 +196,8 @@ pub(crate) fn dense_block_train(
         saved: saved.clone(),
     };
     let y = x.contiguous()?.apply_op2(&params.contiguous()?, op)?;
-    let stats = lock(&saved)?.stats.clone();
+    let stats = lock_state(&saved, "dense block state")?.stats.clone();
     Ok((y, stats))
-}
-
-fn lock<T>(m: &Mutex<T>) -> candle_core::Result<std::sync::MutexGuard<'_, T>> {
-    m.lock()
-        .map_err(|_| candle_core::Error::Msg("dense block state lock poisoned".into()))
 }
 
 struct DenseBlockTrain {
@@ -380,7 +375,7 @@ impl CustomOp2 for DenseBlockTrain {
         }
         saved.buffer_inv_std = inv_std(&var, self.eps);
         saved.stats.buffer = (mean, var);
-        *lock(&self.saved)? = saved;
+        *lock_state(&self.saved, "dense block state")? = saved;
         Ok((CpuStorage::F32(buf), Shape::from((n, total, h, w))))
     }
 
@@ -391,7 +386,7 @@ impl CustomOp2 for DenseBlockTrain {
         out: &Tensor,
         grad_out: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let saved = std::mem::take(&mut *lock(&self.saved)?);
+        let saved = std::mem::take(&mut *lock_state(&self.saved, "dense block state")?);
         let dparams = Arc::new(Mutex::new(Vec::new()));
         let grad = DenseBlockGrad {
             shape: self.shape,
@@ -400,7 +395,7 @@ impl CustomOp2 for DenseBlockTrain {
             dparams: dparams.clone(),
         };
         let dx = out.apply_op2_no_bwd(&grad_out.contiguous()?, &grad)?;
-        let dparams = std::mem::take(&mut *lock(&dparams)?);
+        let dparams = std::mem::take(&mut *lock_state(&dparams, "dense block state")?);
         let len = dparams.len();
         let dparams = Tensor::from_vec(dparams, len, params.device())?;
         Ok((
@@ -594,7 +589,7 @@ impl CustomOp2 for DenseBlockGrad {
             .chunks(total * hw)
             .flat_map(|g| g[..s.c0 * hw].iter().copied())
             .collect();
-        *lock(&self.dparams)? = dparams;
+        *lock_state(&self.dparams, "dense block state")? = dparams;
         Ok((CpuStorage::F32(dx), Shape::from((n, s.c0, h, w))))
     }
 }

@@ -167,14 +167,11 @@ impl BatchNorm2d {
 
     fn forward_inner(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         if train && crate::batch_norm::fast_path_applies(x) {
-            let (running_mean, running_var) = self.running_vars()?;
+            self.running_vars()?; // refused before any work
             let count = values_per_channel(x)?;
             let (y, stats) =
                 crate::batch_norm::batch_norm_train(x, &self.weight, &self.bias, BN_EPS, relu)?;
-            let c = stats.mean.len();
-            let mean = Tensor::from_vec(stats.mean, c, x.device())?;
-            let var = Tensor::from_vec(stats.var, c, x.device())?;
-            self.update_running(running_mean, running_var, &mean, &var, count)?;
+            self.record_batch_stats(&stats.mean, &stats.var, count)?;
             return Ok(y);
         }
         let y = self.forward_composed(x, train)?;

@@ -133,6 +133,17 @@ pub(crate) fn contiguous_f32<'a>(
     }
 }
 
+/// The state a fused op keeps between its forward and backward passes
+/// (behind a mutex, since candle holds the op as `&self`); a poisoned lock
+/// is an error naming `what`, not a panic.
+pub(crate) fn lock_state<'a, T>(
+    m: &'a std::sync::Mutex<T>,
+    what: &str,
+) -> candle_core::Result<std::sync::MutexGuard<'a, T>> {
+    m.lock()
+        .map_err(|_| candle_core::Error::Msg(format!("{what} lock poisoned")))
+}
+
 impl CustomOp1 for MaxPool2d {
     fn name(&self) -> &'static str {
         "max-pool2d-padded"

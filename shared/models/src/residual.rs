@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::pool::contiguous_f32;
+use crate::pool::{contiguous_f32, lock_state};
 
 /// Whether [`gated_residual_relu`] applies to these operands.
 pub(crate) fn fast_path_applies(y: &Tensor) -> bool {
@@ -95,11 +95,7 @@ impl CustomOp3 for GatedResidualRelu {
             rest: rest.clone(),
         };
         let dy = out.apply_op3_no_bwd(y, &grad_out.contiguous()?, &grad)?;
-        let (dgate, dshortcut) = std::mem::take(
-            &mut *rest
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("gated residual lock poisoned".into()))?,
-        );
+        let (dgate, dshortcut) = std::mem::take(&mut *lock_state(&rest, "gated residual")?);
         let dgate = Tensor::from_vec(dgate, gate.shape(), gate.device())?;
         let dshortcut = Tensor::from_vec(dshortcut, shortcut.shape(), shortcut.device())?;
         Ok((
@@ -174,11 +170,7 @@ impl CustomOp3 for GatedResidualReluGrad {
                 acc.iter().map(|&v| v as f64).sum::<f64>() as f32
             })
             .collect();
-        *self
-            .rest
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("gated residual lock poisoned".into()))? =
-            (dgate, dshortcut);
+        *lock_state(&self.rest, "gated residual")? = (dgate, dshortcut);
         Ok((CpuStorage::F32(dy), ol.shape().clone()))
     }
 }
