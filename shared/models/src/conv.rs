@@ -14,7 +14,10 @@
 //! weight grad   dW     = Σₙ g[n] · col(x[n])ᵀ
 //! ```
 //!
-//! A 1×1 convolution with stride 1 and no padding needs no im2col at all.
+//! A 1×1 convolution with stride 1 and no padding needs no im2col at all,
+//! and a 3×3 one with stride 1 and padding 1 (most of SE-ResNet's) goes
+//! through Winograd F(2×2, 3×3) instead (`winograd.rs`), which needs 16
+//! multiplies per 2×2 output tile and channel pair where im2col needs 36.
 //! Gradients are computed only for arguments that need one (the network's
 //! input image does not). f32, square kernels, no groups or dilation;
 //! anything else, and every other device, goes through candle's `conv2d`.
@@ -30,6 +33,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::pool::contiguous_f32;
+use crate::winograd;
 
 /// Output pixels per im2col tile: bounds each thread's im2col buffer to
 /// `cin·k² × TILE_PIXELS` floats whatever the image size.
@@ -38,20 +42,20 @@ const TILE_PIXELS: usize = 2048;
 /// The shape of one convolution call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Geometry {
-    n: usize,
-    cin: usize,
-    h: usize,
-    w: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
+    pub(crate) n: usize,
+    pub(crate) cin: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) cout: usize,
+    pub(crate) k: usize,
+    pub(crate) stride: usize,
+    pub(crate) pad: usize,
     ho: usize,
     wo: usize,
 }
 
 impl Geometry {
-    fn new(
+    pub(crate) fn new(
         x: &Layout,
         weight: &Layout,
         stride: usize,
@@ -233,12 +237,12 @@ impl Geometry {
     }
 
     /// Images per task: the batch split into one fixed chunk per thread.
-    fn chunk(&self) -> usize {
+    pub(crate) fn chunk(&self) -> usize {
         self.n.div_ceil(rayon::current_num_threads().max(1)).max(1)
     }
 
     /// With fewer images than threads, each multiply uses all threads.
-    fn parallelism(&self) -> Parallelism {
+    pub(crate) fn parallelism(&self) -> Parallelism {
         if self.n < rayon::current_num_threads() {
             Parallelism::Rayon(0)
         } else {
@@ -383,6 +387,10 @@ impl CustomOp2 for Conv2dOp {
         let g = Geometry::new(xl, wl, self.stride, self.padding)?;
         let x = contiguous_f32(xs, xl, "conv2d forward")?;
         let weight = contiguous_f32(ws, wl, "conv2d forward")?;
+        let shape = Shape::from((g.n, g.cout, g.ho, g.wo));
+        if winograd::applies(&g) {
+            return Ok((CpuStorage::F32(winograd::forward(&g, x, weight)), shape));
+        }
         let (hw_out, kk) = (g.ho * g.wo, g.kk());
         let mut out = vec![0f32; g.n * g.out_len()];
         let parallelism = g.parallelism();
@@ -422,7 +430,7 @@ impl CustomOp2 for Conv2dOp {
                     }
                 }
             });
-        Ok((CpuStorage::F32(out), Shape::from((g.n, g.cout, g.ho, g.wo))))
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(
@@ -492,6 +500,10 @@ impl CustomOp2 for Conv2dInputGrad {
         }
         let grad = contiguous_f32(gs, gl, "conv2d backward")?;
         let weight = contiguous_f32(ws, wl, "conv2d backward")?;
+        if winograd::applies(&g) {
+            let dx = winograd::input_grad(&g, grad, weight);
+            return Ok((CpuStorage::F32(dx), x_layout.shape().clone()));
+        }
         let (hw_out, kk) = (g.ho * g.wo, g.kk());
         let mut dx = vec![0f32; g.n * g.in_len()];
         let parallelism = g.parallelism();
@@ -577,6 +589,10 @@ impl CustomOp2 for Conv2dWeightGrad {
         }
         let x = contiguous_f32(xs, xl, "conv2d backward")?;
         let grad = contiguous_f32(gs, gl, "conv2d backward")?;
+        if winograd::applies(&g) {
+            let dw = winograd::weight_grad(&g, x, grad);
+            return Ok((CpuStorage::F32(dw), w_layout.shape().clone()));
+        }
         let (hw_out, kk) = (g.ho * g.wo, g.kk());
         let parallelism = g.parallelism();
         let chunk = g.chunk();

@@ -27,6 +27,9 @@
 //!   buf[:, cin:cin+growth] = conv2(relu(norm2(z)))  3×3, padding 1
 //! ```
 //!
+//! conv2 and both its gradients run as Winograd F(2×2, 3×3) per image
+//! (`winograd.rs`); conv1 is a plain matrix product.
+//!
 //! The parameters arrive packed in one flat tensor (per layer: norm1
 //! weight and bias, conv1 weight, norm2 weight and bias, conv2 weight), so
 //! autograd returns their gradients to the variables through the packing.
@@ -43,8 +46,9 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::batch_norm::{inv_std, moments, Channels, Norm};
-use crate::conv::{matmul, with_col, Geometry, MatRef};
+use crate::conv::{matmul, Geometry, MatRef};
 use crate::pool::{contiguous_f32, lock_state};
+use crate::winograd::{weight_grad_from, ImageConv};
 
 /// conv2's kernel, stride and padding in every DenseNet.
 const K2: usize = 3;
@@ -294,8 +298,7 @@ impl CustomOp2 for DenseBlockTrain {
         let x = contiguous_f32(xs, xl, "dense block forward")?;
         let params = contiguous_f32(ps, pl, "dense block forward")?;
         let (hw, total, mid, growth) = (h * w, s.total(), s.mid, s.growth);
-        let conv2 = s.conv2(h, w);
-        let kk2 = conv2.kk();
+        let conv2_shape = s.conv2(h, w);
 
         let mut buf = vec![0f32; n * total * hw];
         buf.par_chunks_mut(total * hw)
@@ -336,34 +339,13 @@ impl CustomOp2 for DenseBlockTrain {
             let (z_mean, z_var) = moments(Channels::all(&z, n, mid, hw));
             let z_inv_std = inv_std(&z_var, self.eps);
             let norm2 = p.norm2(params, &z_mean, &z_inv_std);
-            let w2 = &params[p.conv2.clone()];
+            let conv2 = ImageConv::new(&conv2_shape, &params[p.conv2.clone()]);
             // buf[:, cin:cin+growth] = conv2(relu(norm2(z))).
             for_each_image(n, &mut buf, &mut [(); 0], |img, b, _, par| {
                 let out = &mut b[cin * hw..(cin + growth) * hw];
                 with_normed(mid * hw, |a| {
                     norm2.apply_image(Channels::all(&z, n, mid, hw), img, a);
-                    for rows in conv2.row_tiles() {
-                        let cols = rows.len() * w;
-                        with_col(kk2 * cols, |col| {
-                            conv2.im2col(a, rows.clone(), col);
-                            // SAFETY: the tile's output is growth rows of
-                            // `cols` floats, hw apart, inside `out`; W2 is
-                            // growth × kk2 and col kk2 × cols.
-                            unsafe {
-                                matmul(
-                                    out.as_mut_ptr().add(rows.start * w),
-                                    hw,
-                                    false,
-                                    MatRef::rows(w2, kk2),
-                                    MatRef::rows(col, cols),
-                                    growth,
-                                    cols,
-                                    kk2,
-                                    par,
-                                )
-                            }
-                        })
-                    }
+                    conv2.forward(a, out, par);
                 })
             });
             let (new_mean, new_var) = moments(dims.channels(&buf, cin, growth));
@@ -439,8 +421,7 @@ impl CustomOp2 for DenseBlockGrad {
         let buf = contiguous_f32(bs, bl, "dense block backward")?;
         let params = &self.params;
         let (hw, mid, growth) = (h * w, s.mid, s.growth);
-        let conv2 = s.conv2(h, w);
-        let kk2 = conv2.kk();
+        let conv2_shape = s.conv2(h, w);
         let (mean, _) = &self.saved.stats.buffer;
         let dims = BufferDims { n, total, hw };
         // The gradient of the whole buffer; layer j's channels are complete
@@ -454,62 +435,25 @@ impl CustomOp2 for DenseBlockGrad {
             let z = &self.saved.bottleneck[j];
             let (z_mean, _) = &self.saved.stats.bottleneck[j];
             let norm2 = p.norm2(params, z_mean, &self.saved.bottleneck_inv_std[j]);
-            let w2 = &params[p.conv2.clone()];
+            let conv2 = ImageConv::new(&conv2_shape, &params[p.conv2.clone()]);
 
-            // conv2: ∂W2 = Σ g·col(a)ᵀ and ∂a = col2im(W2ᵀ·g), where
+            // conv2: ∂W2 and ∂a (Winograd, `winograd.rs`), where
             // a = relu(norm2(z)) is recomputed and g is the layer's slice
             // of the buffer gradient.
             let mut da = vec![0f32; n * mid * hw];
-            let mut dw2_parts = vec![0f32; n * growth * kk2];
+            let mut du2_parts = vec![0f32; n * conv2.weight_grad_len()];
             let gbuf_ref = &gbuf;
-            for_each_image(n, &mut da, &mut dw2_parts, |img, da, dw2, par| {
+            for_each_image(n, &mut da, &mut du2_parts, |img, da, du2, par| {
                 let g = &gbuf_ref[(img * total + cin) * hw..(img * total + cin + growth) * hw];
                 with_normed(mid * hw, |a| {
                     norm2.apply_image(Channels::all(z, n, mid, hw), img, a);
-                    for rows in conv2.row_tiles() {
-                        let cols = rows.len() * w;
-                        let g_tile = MatRef {
-                            ptr: g[rows.start * w..].as_ptr(),
-                            row_stride: hw,
-                            col_stride: 1,
-                        };
-                        with_col(kk2 * cols, |col| {
-                            conv2.im2col(a, rows.clone(), col);
-                            // SAFETY: dW2 is growth × kk2; the tile of g is
-                            // growth × cols (rows hw apart), colᵀ cols × kk2.
-                            unsafe {
-                                matmul(
-                                    dw2.as_mut_ptr(),
-                                    kk2,
-                                    true,
-                                    g_tile,
-                                    MatRef::transposed(col, cols),
-                                    growth,
-                                    kk2,
-                                    cols,
-                                    par,
-                                )
-                            };
-                            // SAFETY: col is kk2 × cols, W2ᵀ kk2 × growth.
-                            unsafe {
-                                matmul(
-                                    col.as_mut_ptr(),
-                                    cols,
-                                    false,
-                                    MatRef::transposed(w2, kk2),
-                                    g_tile,
-                                    kk2,
-                                    cols,
-                                    growth,
-                                    par,
-                                )
-                            };
-                            conv2.col2im(col, rows.clone(), da);
-                        });
-                    }
-                })
+                    conv2.add_weight_grad(a, g, du2, par);
+                });
+                conv2.add_input_grad(g, da, par);
             });
-            add_parts(&mut dparams[p.conv2.clone()], &dw2_parts);
+            let mut du2 = vec![0f32; conv2.weight_grad_len()];
+            add_parts(&mut du2, &du2_parts);
+            dparams[p.conv2.clone()].copy_from_slice(&weight_grad_from(growth, mid, &du2));
 
             // norm2 + ReLU: ∂γ2, ∂β2 and ∂z.
             let (dgamma2, dbeta2) =

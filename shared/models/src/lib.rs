@@ -43,6 +43,7 @@ mod residual;
 mod se_resnet;
 #[cfg(test)]
 mod test_util;
+mod winograd;
 
 pub use checkpoint::{
     checkpoint_bytes, load_torchvision_backbone, read_meta, safetensors_bytes, tensors_sha256,
