@@ -18,7 +18,8 @@
 //! * [`bce_with_logits`]: the numerically stable loss with `pos_weight`.
 //!
 //! Training on the CPU (f32) runs through fused ops with their own
-//! backward passes: the im2col + gemm convolution (`conv.rs`), BatchNorm
+//! backward passes: the im2col + gemm convolution (`conv.rs`) and its
+//! Winograd F(2×2, 3×3) form for 3×3 stride-1 kernels (`winograd.rs`), BatchNorm
 //! with its ReLU (`batch_norm.rs`), a whole DenseNet dense block in one
 //! preallocated buffer (`dense_block.rs`), and the end of an SE-ResNet
 //! block (`residual.rs`); other devices and dtypes compose candle's ops.
