@@ -589,94 +589,118 @@ impl Tiles {
         len / (channels * self.h * self.w)
     }
 
+    /// Runs `f(rows, slots, a, b)` for each block of tile rows of
+    /// `images` images, with this thread's buffer split into `a`
+    /// (16 × cin × slots floats) and `b` (16 × cout × slots).
+    fn for_each_block(
+        &self,
+        images: usize,
+        mut f: impl FnMut(Range<usize>, usize, &mut [f32], &mut [f32]),
+    ) {
+        for rows in self.blocks(images) {
+            let slots = rows.len() * self.sw();
+            with_col(XI * (self.cin + self.cout) * slots, |buf| {
+                let (a, b) = buf.split_at_mut(XI * self.cin * slots);
+                f(rows, slots, a, b);
+            });
+        }
+    }
+
     /// `out = conv(x)` for whole images.
     fn forward(&self, u: &[f32], x: &[f32], out: &mut [f32], parallelism: Parallelism) {
         let (cin, cout) = (self.cin, self.cout);
-        for rows in self.blocks(self.images(x.len(), cin)) {
-            let tiles = rows.len() * self.sw();
-            with_col(XI * (cin + cout) * tiles, |buf| {
-                let (v, m) = buf.split_at_mut(XI * cin * tiles);
-                simd(|| self.transform_input(x, rows.clone(), v));
-                for xi in 0..XI {
-                    // SAFETY: M[ξ] is cout × tiles, U[ξ] cout × cin and
-                    // V[ξ] cin × tiles, all inside their buffers.
-                    unsafe {
-                        matmul(
-                            m.as_mut_ptr().add(xi * cout * tiles),
-                            tiles,
-                            false,
-                            MatRef::rows(&u[xi * cout * cin..], cin),
-                            MatRef::rows(&v[xi * cin * tiles..], tiles),
-                            cout,
-                            tiles,
-                            cin,
-                            parallelism,
-                        )
-                    };
-                }
-                simd(|| self.transform_output(m, rows, out));
-            });
-        }
+        self.for_each_block(self.images(x.len(), cin), |rows, slots, v, m| {
+            simd(|| self.transform_input(x, rows.clone(), v));
+            // M[ξ] (cout × slots) = U[ξ] (cout × cin) · V[ξ] (cin × slots).
+            let operands = |xi: usize| {
+                let u = MatRef::rows(&u[xi * cout * cin..][..cout * cin], cin);
+                (
+                    u,
+                    MatRef::rows(&v[xi * cin * slots..][..cin * slots], slots),
+                )
+            };
+            // SAFETY: each operand is built from a slice of exactly its
+            // shape, in buffers other than the destination.
+            unsafe { per_position(m, cout, slots, cin, false, operands, parallelism) };
+            simd(|| self.transform_output(m, rows, out));
+        });
     }
 
     /// `dx += ∂conv/∂x · dy` for whole images.
     fn add_input_grad_of(&self, u: &[f32], dy: &[f32], dx: &mut [f32], parallelism: Parallelism) {
         let (cin, cout) = (self.cin, self.cout);
-        for rows in self.blocks(self.images(dy.len(), cout)) {
-            let tiles = rows.len() * self.sw();
-            with_col(XI * (cin + cout) * tiles, |buf| {
-                let (dv, dm) = buf.split_at_mut(XI * cin * tiles);
-                simd(|| self.transform_output_grad(dy, rows.clone(), dm));
-                for xi in 0..XI {
-                    // SAFETY: dV[ξ] is cin × tiles, U[ξ]ᵀ cin × cout and
-                    // dM[ξ] cout × tiles, all inside their buffers.
-                    unsafe {
-                        matmul(
-                            dv.as_mut_ptr().add(xi * cin * tiles),
-                            tiles,
-                            false,
-                            MatRef::transposed(&u[xi * cout * cin..], cin),
-                            MatRef::rows(&dm[xi * cout * tiles..], tiles),
-                            cin,
-                            tiles,
-                            cout,
-                            parallelism,
-                        )
-                    };
-                }
-                simd(|| self.add_input_grad(dv, rows, dx));
-            });
-        }
+        self.for_each_block(self.images(dy.len(), cout), |rows, slots, dv, dm| {
+            simd(|| self.transform_output_grad(dy, rows.clone(), dm));
+            // dV[ξ] (cin × slots) = U[ξ]ᵀ (cin × cout) · dM[ξ] (cout × slots).
+            let operands = |xi: usize| {
+                let ut = MatRef::transposed(&u[xi * cout * cin..][..cout * cin], cin);
+                (
+                    ut,
+                    MatRef::rows(&dm[xi * cout * slots..][..cout * slots], slots),
+                )
+            };
+            // SAFETY: each operand is built from a slice of exactly its
+            // shape, in buffers other than the destination.
+            unsafe { per_position(dv, cin, slots, cout, false, operands, parallelism) };
+            simd(|| self.add_input_grad(dv, rows, dx));
+        });
     }
 
     /// `du += Σ dM[ξ] · V[ξ]ᵀ` for whole images.
     fn add_weight_grad_of(&self, x: &[f32], dy: &[f32], du: &mut [f32], parallelism: Parallelism) {
         let (cin, cout) = (self.cin, self.cout);
-        for rows in self.blocks(self.images(x.len(), cin)) {
-            let tiles = rows.len() * self.sw();
-            with_col(XI * (cin + cout) * tiles, |buf| {
-                let (v, dm) = buf.split_at_mut(XI * cin * tiles);
-                simd(|| self.transform_input(x, rows.clone(), v));
-                simd(|| self.transform_output_grad(dy, rows, dm));
-                for xi in 0..XI {
-                    // SAFETY: dU[ξ] is cout × cin, dM[ξ] cout × tiles and
-                    // V[ξ]ᵀ tiles × cin, all inside their buffers.
-                    unsafe {
-                        matmul(
-                            du.as_mut_ptr().add(xi * cout * cin),
-                            cin,
-                            true,
-                            MatRef::rows(&dm[xi * cout * tiles..], tiles),
-                            MatRef::transposed(&v[xi * cin * tiles..], tiles),
-                            cout,
-                            cin,
-                            tiles,
-                            parallelism,
-                        )
-                    };
-                }
-            });
-        }
+        self.for_each_block(self.images(x.len(), cin), |rows, slots, v, dm| {
+            simd(|| self.transform_input(x, rows.clone(), v));
+            simd(|| self.transform_output_grad(dy, rows, dm));
+            // dU[ξ] (cout × cin) += dM[ξ] (cout × slots) · V[ξ]ᵀ (slots × cin).
+            let operands = |xi: usize| {
+                let dm = MatRef::rows(&dm[xi * cout * slots..][..cout * slots], slots);
+                (
+                    dm,
+                    MatRef::transposed(&v[xi * cin * slots..][..cin * slots], slots),
+                )
+            };
+            // SAFETY: each operand is built from a slice of exactly its
+            // shape, in buffers other than the destination.
+            unsafe { per_position(du, cout, cin, slots, true, operands, parallelism) };
+        });
+    }
+}
+
+/// The 16 products of a block, `dst[ξ] (+)= lhs(ξ) · rhs(ξ)`: `dst[ξ]` is
+/// the `m × n` matrix at `ξ·m·n` in `dst`, `operands(ξ)` an `m × k` and a
+/// `k × n` matrix.
+///
+/// # Safety
+/// Each operand must be valid for reads of its shape through its strides
+/// and must not overlap `dst`.
+unsafe fn per_position(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+    operands: impl Fn(usize) -> (MatRef, MatRef),
+    parallelism: Parallelism,
+) {
+    assert!(dst.len() >= XI * m * n, "Winograd product buffer too small");
+    for xi in 0..XI {
+        let (lhs, rhs) = operands(xi);
+        // SAFETY: dst[ξ] lies inside `dst` (asserted above); the operands
+        // are the caller's to keep valid.
+        unsafe {
+            matmul(
+                dst.as_mut_ptr().add(xi * m * n),
+                n,
+                accumulate,
+                lhs,
+                rhs,
+                m,
+                n,
+                k,
+                parallelism,
+            )
+        };
     }
 }
 
