@@ -589,11 +589,7 @@ mod tests {
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            crate::test_util::on_threads(threads, || {
                 let x = Var::from_tensor(&random(&[4, 6, 9, 11], 7, -1.0, 2.0)).unwrap();
                 let gamma = Var::from_tensor(&random(&[6], 8, 0.5, 1.5)).unwrap();
                 let beta = Var::from_tensor(&random(&[6], 9, -0.5, 0.5)).unwrap();

@@ -563,25 +563,21 @@ mod tests {
     #[test]
     fn fused_block_does_not_depend_on_the_thread_count() {
         let run = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| {
-                    let (b, map) = block(4, 3, 3, 2);
-                    let x = Var::from_tensor(&random(&[3, 4, 6, 6], 1, -1.0, 1.0)).unwrap();
-                    let y = b.forward_train_fused(&x).unwrap();
-                    let u = random(y.dims(), 2, -1.0, 1.0);
-                    let grads = crate::test_util::grads_of(&y, &u);
-                    let mut out = vec![flat(&y), flat(grads.get(&x).unwrap())];
-                    for (_, var) in vars(&map) {
-                        match grads.get(&var) {
-                            Some(g) => out.push(flat(g)),
-                            None => out.push(flat(var.as_tensor())),
-                        }
+            crate::test_util::on_threads(threads, || {
+                let (b, map) = block(4, 3, 3, 2);
+                let x = Var::from_tensor(&random(&[3, 4, 6, 6], 1, -1.0, 1.0)).unwrap();
+                let y = b.forward_train_fused(&x).unwrap();
+                let u = random(y.dims(), 2, -1.0, 1.0);
+                let grads = crate::test_util::grads_of(&y, &u);
+                let mut out = vec![flat(&y), flat(grads.get(&x).unwrap())];
+                for (_, var) in vars(&map) {
+                    match grads.get(&var) {
+                        Some(g) => out.push(flat(g)),
+                        None => out.push(flat(var.as_tensor())),
                     }
-                    out
-                })
+                }
+                out
+            })
         };
         let one = run(1);
         for threads in [2, 5] {

@@ -44,3 +44,13 @@ pub(crate) fn grads_of(y: &Tensor, upstream: &Tensor) -> candle_core::backprop::
         .backward()
         .unwrap()
 }
+
+/// `f` run on a rayon pool of `threads` threads: the fused ops' results
+/// must not depend on it.
+pub(crate) fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a rayon pool")
+        .install(f)
+}

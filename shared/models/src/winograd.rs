@@ -733,6 +733,37 @@ impl Tiles {
         }
     }
 
+    /// `dst[ξ] = U[ξ] · src[ξ]` (cout × slots from cin × slots), or with
+    /// `U[ξ]ᵀ` when `transposed` (cin × slots from cout × slots).
+    fn products_with_u(
+        &self,
+        u: &[f32],
+        transposed: bool,
+        src: &[f32],
+        dst: &mut [f32],
+        slots: usize,
+        schedule: Schedule,
+    ) {
+        let (cin, cout) = (self.cin, self.cout);
+        let (rows, inner) = if transposed { (cin, cout) } else { (cout, cin) };
+        let operands = |xi: usize| {
+            let u = &u[xi * cout * cin..][..cout * cin];
+            let u = if transposed {
+                MatRef::transposed(u, cin)
+            } else {
+                MatRef::rows(u, cin)
+            };
+            (
+                u,
+                MatRef::rows(&src[xi * inner * slots..][..inner * slots], slots),
+            )
+        };
+        let at = Positions::matrices(rows, slots);
+        // SAFETY: each operand is built from a slice of exactly its shape,
+        // in buffers other than the destination.
+        unsafe { products(dst, (rows, slots, inner), at, false, operands, schedule) };
+    }
+
     /// `out = conv(x)` for whole images.
     fn forward(&self, u: &[f32], x: &[f32], out: &mut [f32], schedule: Schedule) {
         let (cin, cout, hw) = (self.cin, self.cout, self.h * self.w);
@@ -742,16 +773,7 @@ impl Tiles {
                 simd(|| self.transform_input(x, segs, ci, v, s))
             });
             // M[ξ] (cout × slots) = U[ξ] (cout × cin) · V[ξ] (cin × slots).
-            let operands = |xi: usize| {
-                (
-                    MatRef::rows(&u[xi * cout * cin..][..cout * cin], cin),
-                    MatRef::rows(&v[xi * cin * slots..][..cin * slots], slots),
-                )
-            };
-            let at = Positions::matrices(cout, slots);
-            // SAFETY: each operand is built from a slice of exactly its
-            // shape, in buffers other than the destination.
-            unsafe { products(m, (cout, slots, cin), at, false, operands, schedule) };
+            self.products_with_u(u, false, v, m, slots, schedule);
             schedule.planes(out, hw, cout, segs, scratch, |seg, co, plane, s| {
                 let m = position_rows(m, cout, slots, co);
                 simd(|| self.transform_output(m, seg, plane, s))
@@ -769,16 +791,7 @@ impl Tiles {
                 simd(|| self.transform_output_grad(dy, segs, co, dm, s))
             });
             // dV[ξ] (cin × slots) = U[ξ]ᵀ (cin × cout) · dM[ξ] (cout × slots).
-            let operands = |xi: usize| {
-                (
-                    MatRef::transposed(&u[xi * cout * cin..][..cout * cin], cin),
-                    MatRef::rows(&dm[xi * cout * slots..][..cout * slots], slots),
-                )
-            };
-            let at = Positions::matrices(cin, slots);
-            // SAFETY: each operand is built from a slice of exactly its
-            // shape, in buffers other than the destination.
-            unsafe { products(dv, (cin, slots, cout), at, false, operands, schedule) };
+            self.products_with_u(u, true, dm, dv, slots, schedule);
             schedule.planes(dx, hw, cin, segs, scratch, |seg, ci, plane, s| {
                 let dv = position_rows(dv, cin, slots, ci);
                 simd(|| self.add_input_grad(dv, seg, plane, s))
@@ -1060,11 +1073,7 @@ mod tests {
         let dy = flat(&random(&[n, cout, h, w], 42, -1.0, 1.0));
         let g = geometry(n, cin, h, w, cout);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            crate::test_util::on_threads(threads, || {
                 (
                     forward(&g, &x, &weight),
                     input_grad(&g, &dy, &weight),
