@@ -237,12 +237,12 @@ impl Geometry {
     }
 
     /// Images per task: the batch split into one fixed chunk per thread.
-    pub(crate) fn chunk(&self) -> usize {
+    fn chunk(&self) -> usize {
         self.n.div_ceil(rayon::current_num_threads().max(1)).max(1)
     }
 
     /// With fewer images than threads, each multiply uses all threads.
-    pub(crate) fn parallelism(&self) -> Parallelism {
+    fn parallelism(&self) -> Parallelism {
         if self.n < rayon::current_num_threads() {
             Parallelism::Rayon(0)
         } else {
@@ -256,15 +256,29 @@ thread_local! {
     static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Runs `f` with `len` floats of this thread's `buffer`, or of a new
+/// vector should the thread already be using it (a task stolen while it
+/// waits inside a parallel call). The contents are stale: every user
+/// writes before it reads.
+pub(crate) fn with_thread_buffer<T>(
+    buffer: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> T,
+) -> T {
+    buffer.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0f32; len]),
+    })
+}
+
 /// Runs `f` with this thread's im2col buffer sized to `len`.
 pub(crate) fn with_col<T>(len: usize, f: impl FnOnce(&mut [f32]) -> T) -> T {
-    COL.with(|col| {
-        let mut col = col.borrow_mut();
-        if col.len() < len {
-            col.resize(len, 0.0);
-        }
-        f(&mut col[..len])
-    })
+    with_thread_buffer(&COL, len, f)
 }
 
 /// A row-major (or transposed, through its strides) f32 matrix operand.

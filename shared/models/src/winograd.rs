@@ -39,7 +39,7 @@ use std::ops::Range;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::conv::{matmul, Geometry, MatRef};
+use crate::conv::{matmul, with_thread_buffer, Geometry, MatRef};
 
 /// Positions of a transformed 4×4 tile.
 const XI: usize = 16;
@@ -195,27 +195,8 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with `len` floats of `buffer`, or of a new vector should this
-/// thread already be using it (a caller's task stolen while it waits).
-/// The contents are stale: every user writes before it reads.
-fn with_buffer<T>(
-    buffer: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
-    len: usize,
-    f: impl FnOnce(&mut [f32]) -> T,
-) -> T {
-    buffer.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-            f(&mut buf[..len])
-        }
-        Err(_) => f(&mut vec![0f32; len]),
-    })
-}
-
 fn with_scratch<T>(len: usize, f: impl FnOnce(&mut [f32]) -> T) -> T {
-    with_buffer(&SCRATCH, len, f)
+    with_thread_buffer(&SCRATCH, len, f)
 }
 
 /// `A × B` rows of `len` floats from the front of `buf`, and the rest.
@@ -230,7 +211,7 @@ fn carve<const A: usize, const B: usize>(
 }
 
 /// A zeroed vector, written by all threads when it is large.
-pub(crate) fn zeros(len: usize) -> Vec<f32> {
+fn zeros(len: usize) -> Vec<f32> {
     if len < 1 << 16 {
         vec![0f32; len]
     } else {
@@ -726,7 +707,7 @@ impl Tiles {
         for rows in self.blocks(images, schedule.block_floats()) {
             let slots = rows.len() * self.sw();
             let segs = self.segments(rows);
-            with_buffer(&BLOCK, XI * (self.cin + self.cout) * slots, |buf| {
+            with_thread_buffer(&BLOCK, XI * (self.cin + self.cout) * slots, |buf| {
                 let (a, b) = buf.split_at_mut(XI * self.cin * slots);
                 f(&segs, slots, a, b);
             });
