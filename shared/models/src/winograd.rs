@@ -561,14 +561,13 @@ fn interleave(first: &[f32], second: &[f32], row: &mut [f32]) {
 
 /// `U[ξ][co][ci] = (G g Gᵀ)[ξ]` of a (cout, cin, 3, 3) kernel.
 fn transform_weight(cout: usize, cin: usize, weight: &[f32]) -> Vec<f32> {
-    // G applied to a 3-vector: (g0, (g0 + g1 + g2)/2, (g0 − g1 + g2)/2, g2).
-    let g = |v: [f32; 3]| {
-        [
-            v[0],
-            0.5 * (v[0] + v[1] + v[2]),
-            0.5 * (v[0] - v[1] + v[2]),
-            v[2],
-        ]
+    // Row i of G applied to a 3-vector: g0, (g0 + g1 + g2)/2,
+    // (g0 − g1 + g2)/2, g2.
+    let g_row = |i: usize, v: [f32; 3]| match i {
+        0 => v[0],
+        1 => 0.5 * (v[0] + v[1] + v[2]),
+        2 => 0.5 * (v[0] - v[1] + v[2]),
+        _ => v[2],
     };
     let pairs = cout * cin;
     let mut u = zeros(XI * pairs);
@@ -579,9 +578,9 @@ fn transform_weight(cout: usize, cin: usize, weight: &[f32]) -> Vec<f32> {
         .for_each(|(i, rows)| {
             for (pair, k) in weight.chunks_exact(9).enumerate() {
                 // Row i of G g: G's row i applied to each column of g.
-                let gk: [f32; 3] = std::array::from_fn(|j| g([k[j], k[3 + j], k[6 + j]])[i]);
-                for (j, value) in g(gk).into_iter().enumerate() {
-                    rows[j * pairs + pair] = value;
+                let gk: [f32; 3] = std::array::from_fn(|j| g_row(i, [k[j], k[3 + j], k[6 + j]]));
+                for j in 0..4 {
+                    rows[j * pairs + pair] = g_row(j, gk);
                 }
             }
         });
