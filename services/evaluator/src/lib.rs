@@ -64,6 +64,10 @@ pub enum EvalError {
     Data(String),
     #[error("registry: {0}")]
     Registry(String),
+    /// Another writer holds the registry's claim: one that died holds it
+    /// until the claim expires (a minute), longer than a job's retries.
+    #[error("registry: {0}")]
+    RegistryBusy(String),
     #[error("plot: {0}")]
     Plot(String),
     #[error("invalid: {0}")]
@@ -75,6 +79,20 @@ pub enum EvalError {
 impl EvalError {
     /// Failures that may pass on a retry (the store, the registry's writer claim).
     pub fn may_pass(&self) -> bool {
-        matches!(self, EvalError::Store(_) | EvalError::Registry(_))
+        matches!(
+            self,
+            EvalError::Store(_) | EvalError::Registry(_) | EvalError::RegistryBusy(_)
+        )
+    }
+}
+
+impl From<chexvision_registry::RegistryError> for EvalError {
+    fn from(e: chexvision_registry::RegistryError) -> Self {
+        match e {
+            chexvision_registry::RegistryError::Busy { .. } => {
+                EvalError::RegistryBusy(e.to_string())
+            }
+            e => EvalError::Registry(e.to_string()),
+        }
     }
 }

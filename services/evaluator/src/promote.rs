@@ -96,7 +96,7 @@ pub fn register_and_decide(
     by: &str,
     interrupted: &dyn Fn() -> bool,
 ) -> Result<Promotion, EvalError> {
-    let registry_error = |e: chexvision_registry::RegistryError| EvalError::Registry(e.to_string());
+    let registry_error = EvalError::from;
     let record = runtime
         .block_on(registry.register(&record_of(outcome)))
         .map_err(registry_error)?;

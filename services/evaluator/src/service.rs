@@ -299,8 +299,9 @@ pub enum JobOutcome {
     Interrupted,
     HeldElsewhere,
     Failed(String),
-    /// The store did not answer: the job stays pending and a later scan
-    /// takes it up again (an outage never costs an evaluation).
+    /// The store did not answer, or another writer held the registry past
+    /// the job's retries: the job stays pending and a later scan takes it
+    /// up again (neither costs an evaluation).
     Postponed(String),
     /// Done already, or no such job.
     Nothing,
@@ -386,6 +387,12 @@ impl EvaluatorWorker {
                         _ = shutdown.cancelled() => break JobOutcome::Interrupted,
                         _ = tokio::time::sleep(Duration::from_secs(2 << attempt.min(6))) => continue,
                     }
+                }
+                Err(e @ EvalError::RegistryBusy(_)) => {
+                    // Not the job's fault either: a replica that died
+                    // holds the registry until its claim expires.
+                    tracing::warn!(job = %key, error = %e, "another writer holds the registry: the evaluation stays pending; a later scan takes it up again");
+                    break JobOutcome::Postponed(e.to_string());
                 }
                 Err(e) if e.may_pass() && self.store_unreachable(&job).await => {
                     // Attempts spent during an outage: not the job's fault.
@@ -643,10 +650,7 @@ pub async fn restore_metrics(
     metrics: &EvaluatorMetrics,
     recent: usize,
 ) -> Result<usize, EvalError> {
-    let records = registry
-        .list()
-        .await
-        .map_err(|e| EvalError::Registry(e.to_string()))?;
+    let records = registry.list().await?;
     let mut restored = 0;
     for record in records.iter().rev().take(recent) {
         match get_json::<crate::Report>(store, &record.evaluation.report_key).await {
@@ -662,11 +666,7 @@ pub async fn restore_metrics(
             }
         }
     }
-    if let Some(pointer) = registry
-        .production()
-        .await
-        .map_err(|e| EvalError::Registry(e.to_string()))?
-    {
+    if let Some(pointer) = registry.production().await? {
         if let Some(record) = records.iter().find(|r| r.version == pointer.version) {
             metrics.observe_production(&pointer, record);
         }
@@ -682,7 +682,7 @@ pub async fn spawn(
     let metrics = EvaluatorMetrics::register(&service.telemetry.registry)?;
     let settings = service.config.service.clone();
     let topics = service.config.topics.clone();
-    let registry = Registry::new(service.store.clone(), "evaluator");
+    let registry = Registry::for_instance(service.store.clone(), "evaluator", &settings.instance());
     match restore_metrics(
         service.store.as_ref(),
         &registry,

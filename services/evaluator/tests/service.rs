@@ -407,3 +407,71 @@ async fn a_store_outage_postpones_an_evaluation_instead_of_failing_it() {
         JobOutcome::Done
     );
 }
+
+/// A replica that died while it held the registry's writer claim keeps
+/// the registry closed until the claim expires (a minute), longer than a
+/// job's retries: the job must stay pending, not fail for good (seen in
+/// the fault end-to-end test after a broker restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_held_by_a_dead_writer_postpones_an_evaluation() {
+    let (_dir, store) = setup().await;
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+    let topics = Topics::default();
+    bus.create_topics(&[
+        TopicSpec::new(&topics.evaluations, 1),
+        TopicSpec::new(&topics.models_promoted, 1),
+    ])
+    .await
+    .unwrap();
+    let settings = EvaluatorServiceSettings {
+        max_attempts: 1,
+        ..service_settings()
+    };
+    let handler = EvaluatorHandler {
+        store: store.clone(),
+        topics: topics.clone(),
+        settings: settings.clone(),
+        jobs: mpsc::unbounded_channel().0,
+        metrics: None,
+    };
+    let last = last_epoch(store.as_ref()).await;
+    let (body, envelope) = event(store.as_ref(), "a", &last, &last.checkpoint_sha256);
+    let Accepted::Queued(key) = handler.accept(&body, &envelope).await.unwrap() else {
+        panic!("not queued")
+    };
+    let worker = Arc::new(EvaluatorWorker {
+        store: store.clone(),
+        bus: bus.clone(),
+        topics: topics.clone(),
+        settings,
+        device: Device::Cpu,
+        metrics: None,
+        registry: Registry::new(store.clone(), "evaluator"),
+    });
+    let dead = "evaluator-that-died";
+    let claimed = chexvision_store::claim(
+        store.as_ref(),
+        chexvision_registry::WRITER_CLAIM_KEY,
+        dead,
+        Duration::from_secs(600),
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed, chexvision_store::ClaimOutcome::Owned);
+    let outcome = worker
+        .clone()
+        .run_job(&key, &CancellationToken::new())
+        .await;
+    assert!(matches!(outcome, JobOutcome::Postponed(_)), "{outcome:?}");
+    let job: EvaluationJob = get_json(store.as_ref(), &key).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Pending);
+    // The claim gone (expired), the next try evaluates and decides.
+    chexvision_store::release(store.as_ref(), chexvision_registry::WRITER_CLAIM_KEY, dead)
+        .await
+        .unwrap();
+    assert_eq!(
+        worker.run_job(&key, &CancellationToken::new()).await,
+        JobOutcome::Done
+    );
+}

@@ -180,3 +180,43 @@ async fn promotion_refusal_rollback() {
         .await
         .is_err());
 }
+
+/// A service instance restarted after dying with the writer claim takes
+/// it back at once; any other writer still waits for it to expire.
+#[tokio::test]
+async fn a_restarted_instance_takes_its_writer_claim_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(FsStore::open(dir.path()).await.unwrap());
+    // The claim a process held when it died (it never released it).
+    let claimed = chexvision_store::claim(
+        store.as_ref(),
+        chexvision_registry::WRITER_CLAIM_KEY,
+        "evaluator-pod-0",
+        std::time::Duration::from_secs(600),
+        std::time::Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed, chexvision_store::ClaimOutcome::Owned);
+    let a = record("run-a", "aaaaaaaaaaaaaaaa", 0.8);
+    let restarted = Registry::for_instance(store.clone(), "evaluator", "pod-0");
+    let other = Registry::for_instance(store, "evaluator", "pod-1");
+    restarted.register(&a).await.unwrap();
+    // Another instance waits for the claim (about 10 s), then gives up.
+    assert!(matches!(
+        other.promote(&a.version, "first", "test").await,
+        Err(RegistryError::Busy { .. })
+    ));
+    restarted
+        .promote(&a.version, "first", "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        restarted.production().await.unwrap().unwrap().version,
+        a.version
+    );
+    // The claim is released after each change: the other instance writes.
+    let b = record("run-b", "bbbbbbbbbbbbbbbb", 0.9);
+    other.register(&b).await.unwrap();
+    other.promote(&b.version, "better", "test").await.unwrap();
+}
