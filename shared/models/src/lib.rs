@@ -44,6 +44,7 @@ mod residual;
 mod se_resnet;
 #[cfg(test)]
 mod test_util;
+mod vector;
 mod winograd;
 
 pub use checkpoint::{

@@ -40,6 +40,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::conv::{matmul, with_thread_buffer, Geometry, MatRef};
+use crate::vector::simd;
 
 /// Positions of a transformed 4×4 tile.
 const XI: usize = 16;
@@ -413,7 +414,7 @@ impl Tiles {
                 row[0][..len].copy_from_slice(y0);
                 zip_with(&mut row[1][..len], y0, y1, |a, b| a + b);
                 zip_with(&mut row[2][..len], y0, y1, |a, b| a - b);
-                zip_with(&mut row[3][..len], y0, y1, |_, b| -b);
+                negate(&mut row[3][..len], y1);
             }
             // A (dY Aᵀ): the same on the columns.
             for j in 0..4 {
@@ -422,7 +423,7 @@ impl Tiles {
                 dm[j][tiles.clone()].copy_from_slice(c0);
                 zip_with(&mut dm[4 + j][tiles.clone()], c0, c1, |a, b| a + b);
                 zip_with(&mut dm[8 + j][tiles.clone()], c0, c1, |a, b| a - b);
-                zip_with(&mut dm[12 + j][tiles], c0, c1, |_, b| -b);
+                negate(&mut dm[12 + j][tiles], c1);
             }
         }
     }
@@ -450,7 +451,7 @@ impl Tiles {
             bv[0][j].copy_from_slice(at(0, j));
             zip3_with(bv[1][j], at(1, j), at(2, j), at(3, j), |a, b, c| a - b + c);
             zip3_with(bv[2][j], at(1, j), at(2, j), at(0, j), |a, b, c| a + b - c);
-            zip_with(bv[3][j], at(3, j), at(3, j), |a, _| -a);
+            negate(bv[3][j], at(3, j));
         }
         // Plane rows ty0 ..= ty1 collect this run's gradient.
         let rows_len = (seg.rows.len() + 1) * sw + 1;
@@ -463,7 +464,7 @@ impl Tiles {
             p[0].copy_from_slice(row[0]);
             zip3_with(p[1], row[1], row[2], row[3], |a, b, c| a - b + c);
             zip3_with(p[2], row[1], row[2], row[0], |a, b, c| a + b - c);
-            zip_with(p[3], row[3], row[3], |a, _| -a);
+            negate(p[3], row[3]);
             let (ra, pa) = (a / 2, a % 2);
             for (c, values) in p.iter().enumerate() {
                 let (rc, pc) = (c / 2, c % 2);
@@ -480,13 +481,6 @@ impl Tiles {
             }
         }
     }
-}
-
-/// Runs `f` compiled for the widest vector instructions this CPU has
-/// (AVX-512 or AVX2 + FMA, detected at run time): the transforms are
-/// elementwise loops the compiler vectorises at that width.
-fn simd<R>(f: impl FnOnce() -> R) -> R {
-    pulp::Arch::new().dispatch(f)
 }
 
 #[inline(always)]
@@ -510,52 +504,86 @@ fn add_assign(dst: &mut [f32], src: &[f32]) {
     }
 }
 
+#[inline(always)]
+fn negate(dst: &mut [f32], src: &[f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = -s;
+    }
+}
+
+// The four helpers below move a row's pairs of columns with
+// `chunks_exact`, so the compiler turns each into vector shuffles; the
+// odd last column of an odd width is handled on its own.
+
 /// A row padded by one zero each side, split into its even entries
 /// (`even[m]` = column 2m − 1) and odd ones (`odd[m]` = column 2m); both
 /// `⌈w/2⌉ + 1` long.
 #[inline(always)]
 fn split_padded(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
-    even.fill(0.0);
-    odd.fill(0.0);
-    for (m, pair) in row.chunks(2).enumerate() {
-        odd[m] = pair[0];
-        if let Some(&value) = pair.get(1) {
-            even[m + 1] = value;
-        }
+    let pairs = row.len() / 2;
+    even[0] = 0.0;
+    let (odd_pairs, odd_rest) = odd.split_at_mut(pairs);
+    let even_pairs = &mut even[1..=pairs];
+    for ((pair, o), e) in row.chunks_exact(2).zip(odd_pairs).zip(even_pairs) {
+        *o = pair[0];
+        *e = pair[1];
+    }
+    let last = row.chunks_exact(2).remainder();
+    odd_rest.fill(0.0);
+    even[pairs + 1..].fill(0.0);
+    if let (Some(&value), Some(o)) = (last.first(), odd_rest.first_mut()) {
+        *o = value;
     }
 }
 
 /// The adjoint of [`split_padded`]: adds the entries back onto the row.
 #[inline(always)]
 fn add_padded(row: &mut [f32], even: &[f32], odd: &[f32]) {
-    for (m, pair) in row.chunks_mut(2).enumerate() {
-        pair[0] += odd[m];
-        if let Some(value) = pair.get_mut(1) {
-            *value += even[m + 1];
-        }
+    let pairs = row.len() / 2;
+    let (head, last) = row.split_at_mut(2 * pairs);
+    for ((pair, &o), &e) in head
+        .chunks_exact_mut(2)
+        .zip(&odd[..pairs])
+        .zip(&even[1..=pairs])
+    {
+        pair[0] += o;
+        pair[1] += e;
+    }
+    if let Some(value) = last.first_mut() {
+        *value += odd[pairs];
     }
 }
 
 /// A row split into columns 2m and 2m + 1 (zero past its end).
 #[inline(always)]
 fn split(row: &[f32], first: &mut [f32], second: &mut [f32]) {
-    second.fill(0.0);
-    for (m, pair) in row.chunks(2).enumerate() {
-        first[m] = pair[0];
-        if let Some(&value) = pair.get(1) {
-            second[m] = value;
-        }
+    let pairs = row.len() / 2;
+    let (first_pairs, first_rest) = first.split_at_mut(pairs);
+    let (second_pairs, second_rest) = second.split_at_mut(pairs);
+    for ((pair, a), b) in row.chunks_exact(2).zip(first_pairs).zip(second_pairs) {
+        *a = pair[0];
+        *b = pair[1];
+    }
+    second_rest.fill(0.0);
+    if let (Some(&value), Some(a)) = (
+        row.chunks_exact(2).remainder().first(),
+        first_rest.first_mut(),
+    ) {
+        *a = value;
     }
 }
 
 /// The inverse of [`split`], dropping a second column past the row's end.
 #[inline(always)]
 fn interleave(first: &[f32], second: &[f32], row: &mut [f32]) {
-    for (m, pair) in row.chunks_mut(2).enumerate() {
-        pair[0] = first[m];
-        if let Some(value) = pair.get_mut(1) {
-            *value = second[m];
-        }
+    let pairs = row.len() / 2;
+    let (head, last) = row.split_at_mut(2 * pairs);
+    for ((pair, &a), &b) in head.chunks_exact_mut(2).zip(first).zip(second) {
+        pair[0] = a;
+        pair[1] = b;
+    }
+    if let Some(value) = last.first_mut() {
+        *value = first[pairs];
     }
 }
 
@@ -750,13 +778,19 @@ impl Tiles {
         self.for_each_block(self.images(x.len(), cin), schedule, |segs, slots, v, m| {
             let scratch = self.scratch_len(slots);
             schedule.channels(v, cin, slots, scratch, |ci, v, s| {
-                simd(|| self.transform_input(x, segs, ci, v, s))
+                simd(
+                    #[inline(always)]
+                    || self.transform_input(x, segs, ci, v, s),
+                )
             });
             // M[ξ] (cout × slots) = U[ξ] (cout × cin) · V[ξ] (cin × slots).
             self.products_with_u(u, false, v, m, slots, schedule);
             schedule.planes(out, hw, cout, segs, scratch, |seg, co, plane, s| {
                 let m = position_rows(m, cout, slots, co);
-                simd(|| self.transform_output(m, seg, plane, s))
+                simd(
+                    #[inline(always)]
+                    || self.transform_output(m, seg, plane, s),
+                )
             });
         });
     }
@@ -768,13 +802,19 @@ impl Tiles {
         self.for_each_block(images, schedule, |segs, slots, dv, dm| {
             let scratch = self.scratch_len(slots);
             schedule.channels(dm, cout, slots, scratch, |co, dm, s| {
-                simd(|| self.transform_output_grad(dy, segs, co, dm, s))
+                simd(
+                    #[inline(always)]
+                    || self.transform_output_grad(dy, segs, co, dm, s),
+                )
             });
             // dV[ξ] (cin × slots) = U[ξ]ᵀ (cin × cout) · dM[ξ] (cout × slots).
             self.products_with_u(u, true, dm, dv, slots, schedule);
             schedule.planes(dx, hw, cin, segs, scratch, |seg, ci, plane, s| {
                 let dv = position_rows(dv, cin, slots, ci);
-                simd(|| self.add_input_grad(dv, seg, plane, s))
+                simd(
+                    #[inline(always)]
+                    || self.add_input_grad(dv, seg, plane, s),
+                )
             });
         });
     }
@@ -787,12 +827,18 @@ impl Tiles {
             schedule.join(
                 || {
                     schedule.channels(v, cin, slots, scratch, |ci, v, s| {
-                        simd(|| self.transform_input(x, segs, ci, v, s))
+                        simd(
+                            #[inline(always)]
+                            || self.transform_input(x, segs, ci, v, s),
+                        )
                     })
                 },
                 || {
                     schedule.channels(dm, cout, slots, scratch, |co, dm, s| {
-                        simd(|| self.transform_output_grad(dy, segs, co, dm, s))
+                        simd(
+                            #[inline(always)]
+                            || self.transform_output_grad(dy, segs, co, dm, s),
+                        )
                     })
                 },
             );
