@@ -11,6 +11,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::vector::simd;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaxPool2d {
     pub kernel: usize,
@@ -86,34 +88,60 @@ impl MaxPool2d {
         out.ok_or_else(|| candle_core::Error::Msg("max pool with an empty kernel".into()))
     }
 
-    /// Index (within the input plane) of the window's first maximum, or
-    /// `None` for a window that is all padding.
-    #[inline]
-    fn argmax(&self, plane: &[f32], h: usize, w: usize, oy: usize, ox: usize) -> Option<usize> {
-        let mut best: Option<(usize, f32)> = None;
-        let y0 = (oy * self.stride) as isize - self.padding as isize;
-        let x0 = (ox * self.stride) as isize - self.padding as isize;
-        for ky in 0..self.kernel as isize {
-            let y = y0 + ky;
-            if y < 0 || y >= h as isize {
+    /// Each window's first maximum along output row `oy` of one plane:
+    /// its value into `best` and its index within the plane into `arg`
+    /// ([`NO_INDEX`] for a window that is all padding, whose value is
+    /// −∞). The windows are visited a kernel offset at a time across the
+    /// whole row, in the window's row-major order, so each offset is one
+    /// branch-free strided loop; a later entry wins only when it is
+    /// greater, or NaN over a number, which keeps the first maximum.
+    #[inline(always)]
+    fn row_argmax(
+        &self,
+        plane: &[f32],
+        (h, w): (usize, usize),
+        oy: usize,
+        best: &mut [f32],
+        arg: &mut [u32],
+    ) {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        best.fill(f32::NEG_INFINITY);
+        arg.fill(NO_INDEX);
+        let wo = best.len().min(arg.len());
+        for ky in 0..k {
+            let Some(y) = (oy * s + ky).checked_sub(p).filter(|&y| y < h) else {
                 continue;
-            }
-            for kx in 0..self.kernel as isize {
-                let xx = x0 + kx;
-                if xx < 0 || xx >= w as isize {
-                    continue;
-                }
-                let idx = y as usize * w + xx as usize;
-                let v = plane[idx];
-                match best {
-                    None => best = Some((idx, v)),
-                    Some((_, m)) if v > m || v.is_nan() && !m.is_nan() => best = Some((idx, v)),
-                    _ => {}
+            };
+            let row = &plane[y * w..(y + 1) * w];
+            for kx in 0..k {
+                // Outputs whose column ox·s + kx − p lies inside the row.
+                let first = p.saturating_sub(kx).div_ceil(s);
+                let end = match (w + p).checked_sub(kx + 1) {
+                    Some(last) => (last / s + 1).min(wo),
+                    None => 0,
+                };
+                for ox in first..end {
+                    let col = ox * s + kx - p;
+                    let (v, m, a) = (row[col], best[ox], arg[ox]);
+                    let take = a == NO_INDEX || v > m || (v.is_nan() && !m.is_nan());
+                    best[ox] = if take { v } else { m };
+                    // A plane's indices fit in u32 (checked by the callers).
+                    arg[ox] = if take { (y * w + col) as u32 } else { a };
                 }
             }
         }
-        best.map(|(i, _)| i)
     }
+}
+
+/// [`MaxPool2d::row_argmax`]'s index of a window with no input.
+const NO_INDEX: u32 = u32::MAX;
+
+/// Refuses a plane too large for [`MaxPool2d::row_argmax`]'s indices.
+fn check_plane(h: usize, w: usize) -> candle_core::Result<()> {
+    if h.saturating_mul(w) >= NO_INDEX as usize {
+        candle_core::bail!("max pool: a {h}×{w} plane is too large");
+    }
+    Ok(())
 }
 
 /// The f32 data of a contiguous CPU tensor; `what` names the caller in
@@ -156,19 +184,21 @@ impl CustomOp1 for MaxPool2d {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = layout.shape().dims4()?;
         let (ho, wo) = (self.out_len(h)?, self.out_len(w)?);
+        check_plane(h, w)?;
         let input = contiguous_f32(storage, layout, "max pool forward")?;
         let mut out = vec![0f32; n * c * ho * wo];
-        out.par_chunks_mut(ho * wo)
-            .zip(input.par_chunks(h * w))
+        out.par_chunks_mut((ho * wo).max(1))
+            .zip(input.par_chunks((h * w).max(1)))
             .for_each(|(dst, plane)| {
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        dst[oy * wo + ox] = match self.argmax(plane, h, w, oy, ox) {
-                            Some(i) => plane[i],
-                            None => f32::NEG_INFINITY,
-                        };
-                    }
-                }
+                let mut arg = vec![NO_INDEX; wo];
+                simd(
+                    #[inline(always)]
+                    move || {
+                        for (oy, best) in dst.chunks_exact_mut(wo.max(1)).enumerate() {
+                            self.row_argmax(plane, (h, w), oy, best, &mut arg);
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(out), Shape::from((n, c, ho, wo))))
     }
@@ -210,20 +240,133 @@ impl CustomOp2 for MaxPool2dGrad {
                 grad_layout.shape()
             );
         }
+        check_plane(h, w)?;
         let input = contiguous_f32(arg, arg_layout, "max pool backward")?;
         let grad = contiguous_f32(grad, grad_layout, "max pool backward")?;
         let mut out = vec![0f32; n * c * h * w];
-        out.par_chunks_mut(h * w)
-            .zip(input.par_chunks(h * w).zip(grad.par_chunks(ho * wo)))
+        out.par_chunks_mut((h * w).max(1))
+            .zip(
+                input
+                    .par_chunks((h * w).max(1))
+                    .zip(grad.par_chunks((ho * wo).max(1))),
+            )
             .for_each(|(dst, (plane, g))| {
+                let (mut best, mut arg) = (vec![0f32; wo], vec![NO_INDEX; wo]);
+                simd(
+                    #[inline(always)]
+                    move || {
+                        for (oy, g) in g.chunks_exact(wo.max(1)).enumerate() {
+                            pool.row_argmax(plane, (h, w), oy, &mut best, &mut arg);
+                            for (&i, &g) in arg.iter().zip(g) {
+                                if let Some(d) = dst.get_mut(i as usize) {
+                                    *d += g;
+                                }
+                            }
+                        }
+                    },
+                )
+            });
+        Ok((CpuStorage::F32(out), arg_layout.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var};
+
+    use super::MaxPool2d;
+
+    /// Each window's first maximum in row-major order (NaN winning), one
+    /// window at a time: the definition the row-wise op must match.
+    fn window_argmax(
+        pool: MaxPool2d,
+        plane: &[f32],
+        (h, w): (usize, usize),
+        (oy, ox): (usize, usize),
+    ) -> Option<usize> {
+        let mut best: Option<(usize, f32)> = None;
+        for ky in 0..pool.kernel {
+            for kx in 0..pool.kernel {
+                let y = (oy * pool.stride + ky).checked_sub(pool.padding);
+                let x = (ox * pool.stride + kx).checked_sub(pool.padding);
+                let (Some(y), Some(x)) = (y.filter(|&y| y < h), x.filter(|&x| x < w)) else {
+                    continue;
+                };
+                let v = plane[y * w + x];
+                match best {
+                    Some((_, m)) if !(v > m || v.is_nan() && !m.is_nan()) => {}
+                    _ => best = Some((y * w + x, v)),
+                }
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    #[test]
+    fn rows_of_windows_match_the_window_by_window_definition() {
+        // Few distinct values, so windows hold ties; and some NaN and −∞.
+        let mut state = 0x2545_f491_u32;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        for (pool, h, w) in [
+            (MaxPool2d::new(3, 2, 1), 9, 11),
+            (MaxPool2d::new(3, 2, 1), 8, 1),
+            (MaxPool2d::new(2, 2, 0), 7, 9),
+            (MaxPool2d::new(3, 1, 1), 5, 6),
+            (MaxPool2d::new(3, 3, 0), 10, 7),
+            (MaxPool2d::new(4, 2, 2), 6, 5),
+        ] {
+            let planes = 3;
+            let values: Vec<f32> = (0..planes * h * w)
+                .map(|_| match next() % 16 {
+                    0 => f32::NAN,
+                    1 => f32::NEG_INFINITY,
+                    2 => -0.0,
+                    r => (r % 4) as f32,
+                })
+                .collect();
+            let x = Var::from_tensor(
+                &Tensor::from_vec(values.clone(), (1, planes, h, w), &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+            let out = pool.forward(x.as_tensor()).unwrap();
+            let (_, _, ho, wo) = out.dims4().unwrap();
+            let weights: Vec<f32> = (0..planes * ho * wo).map(|i| 1.0 + i as f32).collect();
+            let weights = Tensor::from_vec(weights.clone(), out.shape(), &Device::Cpu).unwrap();
+            let grads = (&out * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let got_out = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let got_grad = grads.get(x.as_tensor()).unwrap();
+            let got_grad = got_grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+
+            let mut want_grad = vec![0f32; planes * h * w];
+            for c in 0..planes {
+                let plane = &values[c * h * w..(c + 1) * h * w];
                 for oy in 0..ho {
                     for ox in 0..wo {
-                        if let Some(i) = pool.argmax(plane, h, w, oy, ox) {
-                            dst[i] += g[oy * wo + ox];
+                        let o = (c * ho + oy) * wo + ox;
+                        let want = window_argmax(pool, plane, (h, w), (oy, ox));
+                        let value = want.map_or(f32::NEG_INFINITY, |i| plane[i]);
+                        assert_eq!(
+                            got_out[o].to_bits(),
+                            value.to_bits(),
+                            "{pool:?} {h}×{w}: output {o}"
+                        );
+                        if let Some(i) = want {
+                            want_grad[c * h * w + i] += 1.0 + o as f32;
                         }
                     }
                 }
-            });
-        Ok((CpuStorage::F32(out), arg_layout.shape().clone()))
+            }
+            assert_eq!(got_grad, want_grad, "{pool:?} {h}×{w}: gradient");
+        }
     }
 }
