@@ -28,6 +28,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::pool::{contiguous_f32, lock_state};
+use crate::vector::simd;
 
 /// What the forward pass measured, per channel.
 #[derive(Debug, Clone, Default)]
@@ -161,16 +162,21 @@ pub(crate) fn moments(x: Channels) -> (Vec<f32>, Vec<f32>) {
     (0..x.len)
         .into_par_iter()
         .map(|ch| {
-            let mean = (0..x.n)
-                .map(|img| sum1(x.plane(img, ch), |v| v))
-                .sum::<f64>()
-                / m;
-            let mf = mean as f32;
-            let var = (0..x.n)
-                .map(|img| sum1(x.plane(img, ch), |v| (v - mf) * (v - mf)))
-                .sum::<f64>()
-                / m;
-            (mf, var as f32)
+            simd(
+                #[inline(always)]
+                move || {
+                    let mean = (0..x.n)
+                        .map(|img| sum1(x.plane(img, ch), |v| v))
+                        .sum::<f64>()
+                        / m;
+                    let mf = mean as f32;
+                    let var = (0..x.n)
+                        .map(|img| sum1(x.plane(img, ch), |v| (v - mf) * (v - mf)))
+                        .sum::<f64>()
+                        / m;
+                    (mf, var as f32)
+                },
+            )
         })
         .unzip()
 }
@@ -202,15 +208,20 @@ impl Norm<'_> {
     /// Channel `ch`'s output plane `y` from its input plane `x`.
     pub(crate) fn apply(&self, ch: usize, x: &[f32], y: &mut [f32]) {
         let (scale, shift) = self.scale_shift(ch);
-        if self.relu {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = (x * scale + shift).max(0.0);
-            }
-        } else {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = x * scale + shift;
-            }
-        }
+        simd(
+            #[inline(always)]
+            move || {
+                if self.relu {
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        *y = (x * scale + shift).max(0.0);
+                    }
+                } else {
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        *y = x * scale + shift;
+                    }
+                }
+            },
+        )
     }
 
     /// Image `img`'s output planes from its input planes `x`, into `out`
@@ -241,37 +252,51 @@ impl Norm<'_> {
         (0..x.len)
             .into_par_iter()
             .map(|ch| {
-                let (scale, shift) = self.scale_shift(ch);
-                let mu = self.mean[ch];
-                // Σ g' and Σ g'·(x − μ), in eight f32 lanes per plane.
-                let (mut dgamma, mut dbeta) = (0f64, 0f64);
-                let planes = (0..x.n).flat_map(|img| {
-                    x.plane(img, ch)
-                        .chunks(FOLD)
-                        .zip(g.plane(img, ch).chunks(FOLD))
-                });
-                for (xp, gp) in planes {
-                    let (x8, xr) = xp.as_chunks::<8>();
-                    let (g8, gr) = gp.as_chunks::<8>();
-                    let (mut sb, mut sg) = ([0f32; 8], [0f32; 8]);
-                    for (xc, gc) in x8.iter().zip(g8) {
-                        for i in 0..8 {
-                            let gi = gate::<RELU>(xc[i] * scale + shift, gc[i]);
-                            sb[i] += gi;
-                            sg[i] += gi * (xc[i] - mu);
-                        }
-                    }
-                    for (&xv, &gv) in xr.iter().zip(gr) {
-                        let gi = gate::<RELU>(xv * scale + shift, gv);
-                        sb[0] += gi;
-                        sg[0] += gi * (xv - mu);
-                    }
-                    dbeta += sb.iter().map(|&v| v as f64).sum::<f64>();
-                    dgamma += sg.iter().map(|&v| v as f64).sum::<f64>();
-                }
-                ((dgamma * self.inv_std[ch] as f64) as f32, dbeta as f32)
+                simd(
+                    #[inline(always)]
+                    move || self.channel_param_grads::<RELU>(x, g, ch),
+                )
             })
             .unzip()
+    }
+
+    /// Channel `ch`'s (∂L/∂γ, ∂L/∂β).
+    #[inline(always)]
+    fn channel_param_grads<const RELU: bool>(
+        &self,
+        x: Channels,
+        g: Channels,
+        ch: usize,
+    ) -> (f32, f32) {
+        let (scale, shift) = self.scale_shift(ch);
+        let mu = self.mean[ch];
+        // Σ g' and Σ g'·(x − μ), in eight f32 lanes per plane.
+        let (mut dgamma, mut dbeta) = (0f64, 0f64);
+        let planes = (0..x.n).flat_map(|img| {
+            x.plane(img, ch)
+                .chunks(FOLD)
+                .zip(g.plane(img, ch).chunks(FOLD))
+        });
+        for (xp, gp) in planes {
+            let (x8, xr) = xp.as_chunks::<8>();
+            let (g8, gr) = gp.as_chunks::<8>();
+            let (mut sb, mut sg) = ([0f32; 8], [0f32; 8]);
+            for (xc, gc) in x8.iter().zip(g8) {
+                for i in 0..8 {
+                    let gi = gate::<RELU>(xc[i] * scale + shift, gc[i]);
+                    sb[i] += gi;
+                    sg[i] += gi * (xc[i] - mu);
+                }
+            }
+            for (&xv, &gv) in xr.iter().zip(gr) {
+                let gi = gate::<RELU>(xv * scale + shift, gv);
+                sb[0] += gi;
+                sg[0] += gi * (xv - mu);
+            }
+            dbeta += sb.iter().map(|&v| v as f64).sum::<f64>();
+            dgamma += sg.iter().map(|&v| v as f64).sum::<f64>();
+        }
+        ((dgamma * self.inv_std[ch] as f64) as f32, dbeta as f32)
     }
 
     /// Channel `ch`'s input-gradient plane from its input plane `x` and
@@ -294,15 +319,20 @@ impl Norm<'_> {
         let m = count as f32;
         let (mean_dg, mean_db) = (dgamma / m, dbeta / m);
         let k = s * mean_dg;
-        let v = |x: f32, g: f32| scale * (g - mean_db - (x - mu) * k);
-        match (self.relu, accumulate) {
-            (true, true) => apply3(dx, x, g, |d, x, g| {
-                d + v(x, gate::<true>(x * scale + shift, g))
-            }),
-            (true, false) => apply3(dx, x, g, |_, x, g| v(x, gate::<true>(x * scale + shift, g))),
-            (false, true) => apply3(dx, x, g, |d, x, g| d + v(x, g)),
-            (false, false) => apply3(dx, x, g, |_, x, g| v(x, g)),
-        }
+        let v = move |x: f32, g: f32| scale * (g - mean_db - (x - mu) * k);
+        simd(
+            #[inline(always)]
+            move || match (self.relu, accumulate) {
+                (true, true) => apply3(dx, x, g, |d, x, g| {
+                    d + v(x, gate::<true>(x * scale + shift, g))
+                }),
+                (true, false) => {
+                    apply3(dx, x, g, |_, x, g| v(x, gate::<true>(x * scale + shift, g)))
+                }
+                (false, true) => apply3(dx, x, g, |d, x, g| d + v(x, g)),
+                (false, false) => apply3(dx, x, g, |_, x, g| v(x, g)),
+            },
+        )
     }
 }
 

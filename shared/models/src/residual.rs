@@ -15,6 +15,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::pool::{contiguous_f32, lock_state};
+use crate::vector::simd;
 
 /// Whether [`gated_residual_relu`] applies to these operands.
 pub(crate) fn fast_path_applies(y: &Tensor) -> bool {
@@ -74,9 +75,14 @@ impl CustomOp3 for GatedResidualRelu {
             .zip(y.par_chunks(hw).zip(shortcut.par_chunks(hw)))
             .zip(gate.par_iter())
             .for_each(|((out, (y, s)), &k)| {
-                for ((o, &y), &s) in out.iter_mut().zip(y).zip(s) {
-                    *o = (y * k + s).max(0.0);
-                }
+                simd(
+                    #[inline(always)]
+                    move || {
+                        for ((o, &y), &s) in out.iter_mut().zip(y).zip(s) {
+                            *o = (y * k + s).max(0.0);
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(out), yl.shape().clone()))
     }
@@ -158,16 +164,21 @@ impl CustomOp3 for GatedResidualReluGrad {
             )
             .zip(self.gate.par_iter())
             .map(|(((dy, ds), ((out, y), g)), &k)| {
-                let mut acc = [0f32; 8];
-                for (i, ((((dy, ds), &o), &y), &g)) in
-                    dy.iter_mut().zip(ds).zip(out).zip(y).zip(g).enumerate()
-                {
-                    let g = if o > 0.0 { g } else { 0.0 };
-                    *ds = g;
-                    *dy = g * k;
-                    acc[i % 8] += g * y;
-                }
-                acc.iter().map(|&v| v as f64).sum::<f64>() as f32
+                simd(
+                    #[inline(always)]
+                    move || {
+                        let mut acc = [0f32; 8];
+                        for (i, ((((dy, ds), &o), &y), &g)) in
+                            dy.iter_mut().zip(ds).zip(out).zip(y).zip(g).enumerate()
+                        {
+                            let g = if o > 0.0 { g } else { 0.0 };
+                            *ds = g;
+                            *dy = g * k;
+                            acc[i % 8] += g * y;
+                        }
+                        acc.iter().map(|&v| v as f64).sum::<f64>() as f32
+                    },
+                )
             })
             .collect();
         *lock_state(&self.rest, "gated residual")? = (dgate, dshortcut);
