@@ -46,7 +46,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::batch_norm::{inv_std, moments, Channels, Norm};
-use crate::conv::{matmul, Geometry, MatRef};
+use crate::conv::{add_weight_product, matmul, transpose_into, Geometry, MatRef};
 use crate::pool::{contiguous_f32, lock_state};
 use crate::winograd::{weight_grad_from, ImageConv};
 
@@ -475,25 +475,13 @@ impl CustomOp2 for DenseBlockGrad {
             let norm1 = p.norm1(params, mean, &self.saved.buffer_inv_std);
             let w1 = &params[p.conv1.clone()];
             let mut da = vec![0f32; n * cin * hw];
+            // Each image's ∂W1ᵀ (cin × mid).
             let mut dw1_parts = vec![0f32; n * mid * cin];
-            for_each_image(n, &mut da, &mut dw1_parts, |img, da, dw1, par| {
+            for_each_image(n, &mut da, &mut dw1_parts, |img, da, dw1_t, par| {
                 let dz = &dz[img * mid * hw..(img + 1) * mid * hw];
                 with_normed(cin * hw, |a| {
                     norm1.apply_image(dims.channels(buf, 0, cin), img, a);
-                    // SAFETY: dW1 is mid × cin, dz mid × hw, aᵀ hw × cin.
-                    unsafe {
-                        matmul(
-                            dw1.as_mut_ptr(),
-                            cin,
-                            false,
-                            MatRef::rows(dz, hw),
-                            MatRef::transposed(a, hw),
-                            mid,
-                            cin,
-                            hw,
-                            par,
-                        )
-                    };
+                    add_weight_product(dw1_t, false, (dz, hw), (a, hw), (mid, cin, hw), par);
                 });
                 // SAFETY: da is cin × hw, W1ᵀ cin × mid, dz mid × hw.
                 unsafe {
@@ -510,7 +498,9 @@ impl CustomOp2 for DenseBlockGrad {
                     )
                 };
             });
-            add_parts(&mut dparams[p.conv1.clone()], &dw1_parts);
+            let mut dw1_t = vec![0f32; mid * cin];
+            add_parts(&mut dw1_t, &dw1_parts);
+            transpose_into((&dw1_t, mid), cin, mid, &mut dparams[p.conv1.clone()]);
             drop(dz);
 
             // norm1 + ReLU: ∂γ1, ∂β1, and the input gradient added to the
