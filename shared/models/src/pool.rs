@@ -104,7 +104,27 @@ impl MaxPool2d {
         best: &mut [f32],
         arg: &mut [u32],
     ) {
-        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        // The stem pools' stride as a constant, so their loads become
+        // vector shuffles.
+        match self.stride {
+            2 => self.row_argmax_strided::<2>(plane, (h, w), oy, best, arg),
+            1 => self.row_argmax_strided::<1>(plane, (h, w), oy, best, arg),
+            _ => self.row_argmax_strided::<0>(plane, (h, w), oy, best, arg),
+        }
+    }
+
+    /// [`Self::row_argmax`] for stride `S` (0: `self.stride`).
+    #[inline(always)]
+    fn row_argmax_strided<const S: usize>(
+        &self,
+        plane: &[f32],
+        (h, w): (usize, usize),
+        oy: usize,
+        best: &mut [f32],
+        arg: &mut [u32],
+    ) {
+        let (k, p) = (self.kernel, self.padding);
+        let s = if S == 0 { self.stride } else { S };
         best.fill(f32::NEG_INFINITY);
         arg.fill(NO_INDEX);
         let wo = best.len().min(arg.len());
@@ -120,13 +140,23 @@ impl MaxPool2d {
                     Some(last) => (last / s + 1).min(wo),
                     None => 0,
                 };
-                for ox in first..end {
-                    let col = ox * s + kx - p;
-                    let (v, m, a) = (row[col], best[ox], arg[ox]);
-                    let take = a == NO_INDEX || v > m || (v.is_nan() && !m.is_nan());
-                    best[ox] = if take { v } else { m };
-                    // A plane's indices fit in u32 (checked by the callers).
-                    arg[ox] = if take { (y * w + col) as u32 } else { a };
+                if first >= end {
+                    continue;
+                }
+                let col0 = first * s + kx - p;
+                assert!(
+                    col0 + (end - 1 - first) * s < w,
+                    "max pool: column out of row"
+                );
+                // A plane's indices fit in u32 (checked by the callers).
+                let index0 = (y * w + col0) as u32;
+                let windows = best[first..end].iter_mut().zip(&mut arg[first..end]);
+                for (i, (m, a)) in windows.enumerate() {
+                    // SAFETY: i < end − first, so col0 + i·s < w (asserted).
+                    let v = unsafe { *row.get_unchecked(col0 + i * s) };
+                    let take = *a == NO_INDEX || v > *m || (v.is_nan() && !m.is_nan());
+                    *m = if take { v } else { *m };
+                    *a = if take { index0 + (i * s) as u32 } else { *a };
                 }
             }
         }
