@@ -33,6 +33,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::pool::contiguous_f32;
+use crate::vector::simd;
 use crate::winograd;
 
 /// Output pixels per im2col tile: bounds each thread's im2col buffer to
@@ -154,6 +155,14 @@ impl Geometry {
     /// `col[(ci·k + ky)·k + kx, (oy − r0)·wo + ox] = x[ci, oy·s − p + ky, ox·s − p + kx]`,
     /// zero outside the image. `col` must be `kk × rows.len()·wo`.
     pub(crate) fn im2col(&self, x: &[f32], rows: Range<usize>, col: &mut [f32]) {
+        simd(
+            #[inline(always)]
+            move || self.im2col_rows(x, rows, col),
+        )
+    }
+
+    #[inline(always)]
+    fn im2col_rows(&self, x: &[f32], rows: Range<usize>, col: &mut [f32]) {
         let (k, s, p) = (self.k, self.stride, self.pad);
         let (h, w, wo) = (self.h, self.w, self.wo);
         let cols = rows.len() * wo;
@@ -177,13 +186,8 @@ impl Geometry {
                         dst[hi..].fill(0.0);
                         let src = &plane[iy * w..(iy + 1) * w];
                         let ix0 = lo * s + kx - p;
-                        if s == 1 {
-                            dst[lo..hi].copy_from_slice(&src[ix0..ix0 + (hi - lo)]);
-                        } else {
-                            for (j, d) in dst[lo..hi].iter_mut().enumerate() {
-                                *d = src[ix0 + j * s];
-                            }
-                        }
+                        let src = &src[ix0..ix0 + (hi - lo - 1) * s + 1];
+                        gather_strided(&mut dst[lo..hi], src, s);
                     }
                 }
             }
@@ -193,6 +197,14 @@ impl Geometry {
     /// The adjoint of [`Self::im2col`]: adds each column entry back to the
     /// input pixel it was read from.
     pub(crate) fn col2im(&self, col: &[f32], rows: Range<usize>, dx: &mut [f32]) {
+        simd(
+            #[inline(always)]
+            move || self.col2im_rows(col, rows, dx),
+        )
+    }
+
+    #[inline(always)]
+    fn col2im_rows(&self, col: &[f32], rows: Range<usize>, dx: &mut [f32]) {
         let (k, s, p) = (self.k, self.stride, self.pad);
         let (h, w, wo) = (self.h, self.w, self.wo);
         let cols = rows.len() * wo;
@@ -213,15 +225,8 @@ impl Geometry {
                         let src = &src_row[t * wo + lo..t * wo + hi];
                         let dst = &mut plane[iy * w..(iy + 1) * w];
                         let ix0 = lo * s + kx - p;
-                        if s == 1 {
-                            for (d, v) in dst[ix0..ix0 + (hi - lo)].iter_mut().zip(src) {
-                                *d += v;
-                            }
-                        } else {
-                            for (j, v) in src.iter().enumerate() {
-                                dst[ix0 + j * s] += v;
-                            }
-                        }
+                        let dst = &mut dst[ix0..ix0 + (hi - lo - 1) * s + 1];
+                        scatter_add_strided(dst, src, s);
                     }
                 }
             }
@@ -247,6 +252,56 @@ impl Geometry {
             Parallelism::Rayon(0)
         } else {
             Parallelism::None
+        }
+    }
+}
+
+/// `dst[j] = src[j·s]`, `src` holding exactly the entries read; stride 2
+/// (the stems and downsampling convolutions) as pairs, which vectorise.
+#[inline(always)]
+fn gather_strided(dst: &mut [f32], src: &[f32], s: usize) {
+    match s {
+        1 => dst.copy_from_slice(&src[..dst.len()]),
+        2 => {
+            let (pairs, last) = src.as_chunks::<2>();
+            for (d, pair) in dst.iter_mut().zip(pairs) {
+                *d = pair[0];
+            }
+            if let (Some(d), Some(&v)) = (dst.get_mut(pairs.len()), last.first()) {
+                *d = v;
+            }
+        }
+        _ => {
+            for (d, run) in dst.iter_mut().zip(src.chunks(s)) {
+                *d = run[0];
+            }
+        }
+    }
+}
+
+/// `dst[j·s] += src[j]` (the adjoint of [`gather_strided`]).
+#[inline(always)]
+fn scatter_add_strided(dst: &mut [f32], src: &[f32], s: usize) {
+    match s {
+        1 => {
+            for (d, v) in dst.iter_mut().zip(src) {
+                *d += v;
+            }
+        }
+        2 => {
+            let (pairs, last) = dst.as_chunks_mut::<2>();
+            let done = pairs.len();
+            for (pair, v) in pairs.iter_mut().zip(src) {
+                pair[0] += v;
+            }
+            if let (Some(d), Some(v)) = (last.first_mut(), src.get(done)) {
+                *d += v;
+            }
+        }
+        _ => {
+            for (run, v) in dst.chunks_mut(s).zip(src) {
+                run[0] += v;
+            }
         }
     }
 }
@@ -793,6 +848,7 @@ mod tests {
             (2, 3, 11, 9, 2, 3, 2, 1),  // strided 3×3
             (5, 2, 4, 4, 3, 3, 1, 0),   // valid only, more images than threads
             (1, 2, 3, 3, 2, 5, 1, 2),   // kernel larger than the image
+            (1, 2, 10, 13, 3, 3, 3, 1), // stride 3: the general strided copy
         ];
         for (i, &(n, cin, h, w, cout, k, stride, pad)) in cases.iter().enumerate() {
             let x = Var::from_tensor(&random(&[n, cin, h, w], 2 * i as u64)).unwrap();
