@@ -448,7 +448,6 @@ unsafe fn gemm_into(
 /// against input channels × kernel taps), is transposed into a thread
 /// buffer and the result written column-major, so gemm reads both
 /// operands as they lie.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn add_weight_product(
     dst_t: &mut [f32],
     accumulate: bool,
