@@ -342,13 +342,11 @@ async fn an_interrupted_evaluation_is_finished_by_the_next_worker() {
     assert_eq!(history.len(), 1, "evaluated and decided once");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_outage_postpones_an_evaluation_instead_of_failing_it() {
-    let (_dir, healthy) = setup().await;
-    // The run's objects (what the evaluation reads) stop answering; the
-    // rest of the store works.
-    let outage = Arc::new(OutageStore::new(healthy.clone(), "runs/"));
-    let store: Arc<dyn ObjectStore> = outage.clone();
+/// A handler and a worker over `store` and an in-process bus, each job
+/// given a single attempt, so one failed try decides its fate.
+async fn single_attempt_service(
+    store: Arc<dyn ObjectStore>,
+) -> (EvaluatorHandler, Arc<EvaluatorWorker>) {
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
     let topics = Topics::default();
     bus.create_topics(&[
@@ -368,6 +366,26 @@ async fn a_store_outage_postpones_an_evaluation_instead_of_failing_it() {
         jobs: mpsc::unbounded_channel().0,
         metrics: None,
     };
+    let worker = Arc::new(EvaluatorWorker {
+        store: store.clone(),
+        bus,
+        topics,
+        settings,
+        device: Device::Cpu,
+        metrics: None,
+        registry: Registry::new(store, "evaluator"),
+    });
+    (handler, worker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_postpones_an_evaluation_instead_of_failing_it() {
+    let (_dir, healthy) = setup().await;
+    // The run's objects (what the evaluation reads) stop answering; the
+    // rest of the store works.
+    let outage = Arc::new(OutageStore::new(healthy.clone(), "runs/"));
+    let store: Arc<dyn ObjectStore> = outage.clone();
+    let (handler, worker) = single_attempt_service(store.clone()).await;
     let last = last_epoch(store.as_ref()).await;
     let (body, envelope) = event(store.as_ref(), "a", &last, &last.checkpoint_sha256);
     // While the run's objects do not answer, the event waits (Unavailable:
@@ -381,15 +399,6 @@ async fn a_store_outage_postpones_an_evaluation_instead_of_failing_it() {
     let Accepted::Queued(key) = handler.accept(&body, &envelope).await.unwrap() else {
         panic!("not queued")
     };
-    let worker = Arc::new(EvaluatorWorker {
-        store: store.clone(),
-        bus: bus.clone(),
-        topics: topics.clone(),
-        settings: settings.clone(),
-        device: Device::Cpu,
-        metrics: None,
-        registry: Registry::new(store.clone(), "evaluator"),
-    });
     // The evaluation's reads fail for its one attempt: postponed, still
     // pending (a failed job would never be evaluated).
     outage.set_down(true);
@@ -415,39 +424,12 @@ async fn a_store_outage_postpones_an_evaluation_instead_of_failing_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_held_by_a_dead_writer_postpones_an_evaluation() {
     let (_dir, store) = setup().await;
-    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
-    let topics = Topics::default();
-    bus.create_topics(&[
-        TopicSpec::new(&topics.evaluations, 1),
-        TopicSpec::new(&topics.models_promoted, 1),
-    ])
-    .await
-    .unwrap();
-    let settings = EvaluatorServiceSettings {
-        max_attempts: 1,
-        ..service_settings()
-    };
-    let handler = EvaluatorHandler {
-        store: store.clone(),
-        topics: topics.clone(),
-        settings: settings.clone(),
-        jobs: mpsc::unbounded_channel().0,
-        metrics: None,
-    };
+    let (handler, worker) = single_attempt_service(store.clone()).await;
     let last = last_epoch(store.as_ref()).await;
     let (body, envelope) = event(store.as_ref(), "a", &last, &last.checkpoint_sha256);
     let Accepted::Queued(key) = handler.accept(&body, &envelope).await.unwrap() else {
         panic!("not queued")
     };
-    let worker = Arc::new(EvaluatorWorker {
-        store: store.clone(),
-        bus: bus.clone(),
-        topics: topics.clone(),
-        settings,
-        device: Device::Cpu,
-        metrics: None,
-        registry: Registry::new(store.clone(), "evaluator"),
-    });
     let dead = "evaluator-that-died";
     let claimed = chexvision_store::claim(
         store.as_ref(),
