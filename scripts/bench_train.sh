@@ -4,8 +4,13 @@
 # model, batch, input size and thread count; median of STEPS steps after a
 # warm-up, peak RSS of each process; batch 8 at 224 px and batch 16 at 320 px.
 #
-#   scripts/bench_train.sh [STEPS] [THREADS]       (needs: pip install torch torchvision)
+#   scripts/bench_train.sh [STEPS] [THREADS] [ROUNDS]   (needs: pip install torch torchvision)
 #
+# ROUNDS (default 1) runs each configuration that many times, ours and
+# PyTorch alternating, and reports the median step of each side and the
+# median of the per-round ratios (each round's pair ran back to back), with
+# the rounds' ratios listed: on a shared machine one pair can be off by
+# more than the difference being measured.
 # BENCH_BIN=path runs that build of `bench_train_step` instead of building
 # this tree's (an earlier commit's, for before/after figures).
 set -euo pipefail
@@ -19,17 +24,32 @@ else
   cargo build --release --locked -p chexvision-trainer --example bench_train_step >&2
   BIN=${CARGO_TARGET_DIR:-target}/release/examples/bench_train_step
 fi
-printf '| model | batch | px | ours ms/step | PyTorch ms/step | ours images/s | PyTorch images/s | ours / PyTorch | peak MiB ours / PyTorch |\n|---|---|---|---|---|---|---|---|---|\n'
+ROUNDS=${3:-1}
+printf '| model | batch | px | ours ms/step | PyTorch ms/step | ours images/s | PyTorch images/s | ours / PyTorch | peak MiB ours / PyTorch | per round |\n|---|---|---|---|---|---|---|---|---|---|\n'
 for config in "8 224" "16 320"; do
   read -r batch size <<<"$config"
   for model in densenet121 se_resnet; do
-    r=$("$BIN" "$model" "$batch" "$size" "$STEPS")
-    p=$(python3 scripts/bench_train.py "$model" "$batch" "$size" "$STEPS" "$THREADS")
-    python3 - "$r" "$p" <<'PY'
-import json, sys
-r, p = (json.loads(a) for a in sys.argv[1:])
-print(f"| {r['model']} | {r['batch']} | {r['size']} | {r['median_ms']:.0f} | {p['median_ms']:.0f} | {r['images_per_s']:.1f} | {p['images_per_s']:.1f} "
-      f"| {r['images_per_s'] / p['images_per_s']:.2f}× | {r['peak_rss_mib']:.0f} / {p['peak_rss_mib']:.0f} |")
+    rounds=()
+    for _ in $(seq "$ROUNDS"); do
+      r=$("$BIN" "$model" "$batch" "$size" "$STEPS")
+      p=$(python3 scripts/bench_train.py "$model" "$batch" "$size" "$STEPS" "$THREADS")
+      rounds+=("[$r, $p]")
+    done
+    python3 - "${rounds[@]}" <<'PY'
+import json, statistics, sys
+rounds = [json.loads(a) for a in sys.argv[1:]]
+ours = [r for r, _ in rounds]
+torch = [p for _, p in rounds]
+# Images/s of each side from its median step; the ratio is the median of
+# the rounds' own ratios (each pair ran back to back).
+ours_ms = statistics.median(r["median_ms"] for r in ours)
+torch_ms = statistics.median(p["median_ms"] for p in torch)
+ratios = [p["median_ms"] / r["median_ms"] for r, p in rounds]
+batch = ours[0]["batch"]
+print(f"| {ours[0]['model']} | {batch} | {ours[0]['size']} | {ours_ms:.0f} | {torch_ms:.0f} "
+      f"| {1000 * batch / ours_ms:.1f} | {1000 * batch / torch_ms:.1f} | {statistics.median(ratios):.2f}× "
+      f"| {max(r['peak_rss_mib'] for r in ours):.0f} / {max(p['peak_rss_mib'] for p in torch):.0f} "
+      f"| {', '.join(f'{x:.2f}' for x in ratios)} |")
 PY
   done
 done
