@@ -11,6 +11,7 @@
 # median of the per-round ratios (each round's pair ran back to back), with
 # the rounds' ratios listed: on a shared machine one pair can be off by
 # more than the difference being measured.
+#
 # BENCH_BIN=path runs that build of `bench_train_step` instead of building
 # this tree's (an earlier commit's, for before/after figures).
 set -euo pipefail
@@ -25,6 +26,10 @@ else
   BIN=${CARGO_TARGET_DIR:-target}/release/examples/bench_train_step
 fi
 ROUNDS=${3:-1}
+if ! [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
+  echo "bench_train.sh: ROUNDS must be a whole number of at least 1, not '$ROUNDS'" >&2
+  exit 2
+fi
 printf '| model | batch | px | ours ms/step | PyTorch ms/step | ours images/s | PyTorch images/s | ours / PyTorch | peak MiB ours / PyTorch | per round |\n|---|---|---|---|---|---|---|---|---|---|\n'
 for config in "8 224" "16 320"; do
   read -r batch size <<<"$config"
