@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """PyTorch side of scripts/bench_train.sh: one training step (forward, BCE
-with pos_weight + 0.5 x BCE, backward, AdamW) per timing, train mode.
+with pos_weight + 0.5 x BCE, backward, AdamW) per timing, train mode, after
+WARMUP untimed steps (default 1).
 
-    python3 scripts/bench_train.py MODEL BATCH SIZE STEPS THREADS
+    python3 scripts/bench_train.py MODEL BATCH SIZE STEPS THREADS [WARMUP]
 """
 
 import json
@@ -19,6 +20,7 @@ from make_model_fixtures import DualDenseNet, SEResNet  # noqa: E402
 
 def main():
     model, batch, size, steps, threads = sys.argv[1], *map(int, sys.argv[2:6])
+    warmup = int(sys.argv[6]) if len(sys.argv) > 6 else 1
     torch.set_num_threads(threads)
     torch.manual_seed(1)
     net = DualDenseNet(32, (6, 12, 24, 16), 64, 4) if model == "densenet121" else SEResNet([3, 4, 6, 3], [64, 128, 256, 512], 64, 16, 0.3)
@@ -37,15 +39,18 @@ def main():
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
 
-    step()
+    for _ in range(warmup):
+        step()
     times = []
     for _ in range(steps):
         t = time.perf_counter()
         step()
         times.append((time.perf_counter() - t) * 1000)
+    step_ms = [round(t) for t in times]
     times.sort()
     med = times[len(times) // 2]
-    print(json.dumps({"impl": "pytorch", "model": model, "batch": batch, "size": size, "median_ms": round(med, 1),
+    print(json.dumps({"impl": "pytorch", "model": model, "batch": batch, "size": size, "warmup": warmup,
+                      "median_ms": round(med, 1), "step_ms": step_ms,
                       "images_per_s": round(batch * 1000 / med, 2),
                       "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
 

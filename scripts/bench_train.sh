@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # CPU training step, side by side in one run: our Trainer (candle autograd,
 # AdamW, accumulation 1, clipping) against PyTorch eager (AdamW, BCE), same
-# model, batch, input size and thread count; median of STEPS steps after a
-# warm-up, peak RSS of each process; batch 8 at 224 px and batch 16 at 320 px.
+# model, batch, input size and thread count; median of STEPS steps after
+# WARMUP untimed ones, peak RSS of each process; batch 8 at 224 px and batch
+# 16 at 320 px.
 #
-#   scripts/bench_train.sh [STEPS] [THREADS] [ROUNDS]   (needs: pip install torch torchvision)
+#   scripts/bench_train.sh [STEPS] [THREADS] [ROUNDS] [WARMUP]   (needs: pip install torch torchvision)
 #
+# WARMUP (default 3) measures the steady state a training run spends its
+# time in: in its first few steps a process is still growing its heap, and
+# every page it touches for the first time is a page fault that zeroes it
+# (ours: clear_page up to 40 % of a step's samples until about the fifth
+# step, none after; docs/benchmarks.md, "Steady state"). WARMUP=1 gives the
+# figures of earlier runs.
 # ROUNDS (default 1) runs each configuration that many times, ours and
 # PyTorch alternating, and reports the median step of each side and the
 # median of the per-round ratios (each round's pair ran back to back), with
@@ -13,22 +20,31 @@
 # more than the difference being measured.
 #
 # BENCH_BIN=path runs that build of `bench_train_step` instead of building
-# this tree's (an earlier commit's, for before/after figures).
+# this tree's (an earlier commit's, for before/after figures; builds before
+# WARMUP existed take only WARMUP=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-3}
 THREADS=${2:-$(nproc)}
 export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS
+ROUNDS=${3:-1}
+WARMUP=${4:-3}
+if ! [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
+  echo "bench_train.sh: ROUNDS must be a whole number of at least 1, not '$ROUNDS'" >&2
+  exit 2
+fi
+if ! [[ "$WARMUP" =~ ^[1-9][0-9]*$ ]]; then
+  echo "bench_train.sh: WARMUP must be a whole number of at least 1, not '$WARMUP'" >&2
+  exit 2
+fi
+# Builds from before WARMUP took four arguments.
+warmup_arg=()
+[ "$WARMUP" = 1 ] || warmup_arg=("$WARMUP")
 if [ -n "${BENCH_BIN:-}" ]; then
   BIN=$BENCH_BIN
 else
   cargo build --release --locked -p chexvision-trainer --example bench_train_step >&2
   BIN=${CARGO_TARGET_DIR:-target}/release/examples/bench_train_step
-fi
-ROUNDS=${3:-1}
-if ! [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
-  echo "bench_train.sh: ROUNDS must be a whole number of at least 1, not '$ROUNDS'" >&2
-  exit 2
 fi
 printf '| model | batch | px | ours ms/step | PyTorch ms/step | ours images/s | PyTorch images/s | ours / PyTorch | peak MiB ours / PyTorch | per round |\n|---|---|---|---|---|---|---|---|---|---|\n'
 for config in "8 224" "16 320"; do
@@ -36,8 +52,8 @@ for config in "8 224" "16 320"; do
   for model in densenet121 se_resnet; do
     rounds=()
     for _ in $(seq "$ROUNDS"); do
-      r=$("$BIN" "$model" "$batch" "$size" "$STEPS")
-      p=$(python3 scripts/bench_train.py "$model" "$batch" "$size" "$STEPS" "$THREADS")
+      r=$("$BIN" "$model" "$batch" "$size" "$STEPS" "${warmup_arg[@]}")
+      p=$(python3 scripts/bench_train.py "$model" "$batch" "$size" "$STEPS" "$THREADS" "$WARMUP")
       rounds+=("[$r, $p]")
     done
     python3 - "${rounds[@]}" <<'PY'
