@@ -9,8 +9,23 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: chexvision_trainer::TrainingAllocator = chexvision_trainer::TrainingAllocator;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before the runtime's threads exist: it sets an environment variable.
+    chexvision_trainer::park_idle_candle_workers();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run())
+}
+
+async fn run() -> ExitCode {
     let cli = chexvision_cli::Cli::parse();
     chexvision_telemetry::init_tracing(&LogSettings {
         format: LogFormat::Pretty,

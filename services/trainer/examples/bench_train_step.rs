@@ -33,6 +33,7 @@ fn peak_rss_mib() -> f64 {
 static GLOBAL: chexvision_trainer::TrainingAllocator = chexvision_trainer::TrainingAllocator;
 
 fn main() -> anyhow::Result<()> {
+    chexvision_trainer::park_idle_candle_workers();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (model, batch, size, steps, warmup) = match args.as_slice() {
         [model, batch, size, steps] => (model, batch, size, steps, "1"),

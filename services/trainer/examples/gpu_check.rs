@@ -31,6 +31,7 @@ static GLOBAL: chexvision_trainer::TrainingAllocator = chexvision_trainer::Train
 const FINDINGS: usize = 14;
 
 fn main() -> anyhow::Result<()> {
+    chexvision_trainer::park_idle_candle_workers();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let device = if args.first().map(String::as_str) == Some("--cpu") {
         args.remove(0);

@@ -30,6 +30,9 @@
 //!   become durable runs, trained one at a time by the replica holding
 //!   their lease, announced as `CheckpointCreated`; [`TrainerMetrics`] for
 //!   Prometheus.
+//! * [`TrainingAllocator`] and [`park_idle_candle_workers`]: what every
+//!   training program sets up first in `main` (the allocator, candle's
+//!   thread pool beside rayon's).
 
 mod alloc;
 mod card;
@@ -43,6 +46,7 @@ mod run;
 pub mod service;
 mod settings;
 pub mod state;
+mod threads;
 mod train;
 
 pub use alloc::TrainingAllocator;
@@ -64,6 +68,7 @@ pub use state::{
     create_run, lease_key, mark_failed, read_run_state, run_prefix, state_key, write_run_state,
     EpochRecord, RunRequest, RunState, RunStatus,
 };
+pub use threads::{park_idle_candle_workers, CANDLE_SPIN_LIMIT_VAR};
 pub use train::{Batch, MicroStep, Trainer, Validation, ValidationPass};
 
 /// What can go wrong in the recipe.

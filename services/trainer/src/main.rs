@@ -21,8 +21,17 @@ struct Args {
     service: ServiceArgs,
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    // Before the runtime's threads exist: it sets an environment variable.
+    chexvision_trainer::park_idle_candle_workers();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run())
+}
+
+async fn run() -> Result<()> {
     let args = Args::parse();
     let service = Service::<TrainerServiceSettings>::start(PRODUCER, &args.service).await?;
     let device = parse_device(&service.config.service.device)
