@@ -11,8 +11,9 @@
 # time in: in its first few steps a process is still growing its heap, and
 # every page it touches for the first time is a page fault that zeroes it
 # (ours: clear_page up to 40 % of a step's samples until about the fifth
-# step, none after; docs/benchmarks.md, "Steady state"). WARMUP=1 gives the
-# figures of earlier runs.
+# step, none after; docs/benchmarks.md, "Steady state, and candle's
+# workers parked"). WARMUP=1 gives the figures of earlier runs.
+#
 # ROUNDS (default 1) runs each configuration that many times, ours and
 # PyTorch alternating, and reports the median step of each side and the
 # median of the per-round ratios (each round's pair ran back to back), with

@@ -11,9 +11,9 @@
 //! `#[inline(always)]` too: a call that is not inlined runs the baseline
 //! code. `move` matters where the loop uses captured scalars: captured by
 //! reference, they are reloaded every element and the loop does not
-//! vectorise (BatchNorm's input gradient ran 5× slower so). Results are the same on every path: the loops only add,
-//! multiply and compare, and nothing is contracted into fused
-//! multiply-adds.
+//! vectorise (BatchNorm's input gradient ran 5× slower so). Results are
+//! the same on every path: the loops only add, multiply and compare, and
+//! nothing is contracted into fused multiply-adds.
 
 /// Runs `f` compiled for the widest vector instructions this CPU has.
 #[inline(always)]
